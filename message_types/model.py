@@ -1,0 +1,176 @@
+"""Typed views of the facts the gateway needs from a message. Pure data, no XML here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from message_types.codes import AppRecStatus, ReceiverRole
+from message_types.kinds import DocumentKind
+
+
+@dataclass(frozen=True)
+class Ident:
+    id: str
+    type: str  # TypeId/@V: HER, ENH, FNR, DNR, HPR, ...
+
+
+class LevelKind(enum.StrEnum):
+    ORGANISATION = "organisation"
+    SERVICE = "service"  # a sub-organisation: department or service (tjeneste)
+    PERSON = "person"  # a health professional, e.g. a GP
+
+
+@dataclass(frozen=True)
+class PartyLevel:
+    name: str
+    kind: LevelKind
+    idents: tuple[Ident, ...] = ()
+
+    @property
+    def her_id(self) -> str | None:
+        return next((i.id for i in self.idents if i.type == "HER"), None)
+
+    def ident(self, type_: str) -> str | None:
+        return next((i.id for i in self.idents if i.type == type_), None)
+
+
+@dataclass(frozen=True)
+class Address:
+    """An organisation chain, outermost first: level 1 is the organisation (virksomhet)."""
+
+    levels: tuple[PartyLevel, ...]
+
+    @property
+    def her_ids(self) -> tuple[str | None, ...]:
+        return tuple(level.her_id for level in self.levels)
+
+    @property
+    def her_id(self) -> int | None:
+        """The deepest HER-id: the service or person the message is really addressed to."""
+        for her in reversed(self.her_ids):
+            if her is not None and her.strip().isdigit():
+                return int(her)
+        return None
+
+    @property
+    def organisation(self) -> PartyLevel | None:
+        return self.levels[0] if self.levels else None
+
+    def describe(self) -> str:
+        return " / ".join(f"{lvl.name} (HER {lvl.her_id})" if lvl.her_id else lvl.name for lvl in self.levels)
+
+
+@dataclass(frozen=True)
+class CopyReceiver:
+    role: str  # kodeverk 8112; COP for copies
+    address: Address
+
+    @property
+    def is_copy(self) -> bool:
+        return self.role == ReceiverRole.COPY
+
+
+@dataclass(frozen=True)
+class Patient:
+    family_name: str | None = None
+    middle_name: str | None = None
+    given_name: str | None = None
+    date_of_birth: str | None = None
+    sex: str | None = None
+    idents: tuple[Ident, ...] = ()
+
+    @property
+    def has_name(self) -> bool:
+        return bool((self.family_name or "").strip() or (self.given_name or "").strip())
+
+    def ident(self, *types: str) -> Ident | None:
+        return next((i for i in self.idents if i.type in types), None)
+
+
+@dataclass(frozen=True)
+class ConversationRef:
+    parent: str
+    conversation: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """One MsgHead Document: the main business document or an attachment."""
+
+    connection: str | None  # kodeverk 4702: H main document, V attachment
+    msg_type: str  # RefDoc/MsgType: XML, A (attachment), REF
+    mime_type: str | None = None
+    description: str | None = None
+    content_namespace: str | None = None
+    content_root: str | None = None
+    file_reference: str | None = None
+
+    @property
+    def is_attachment(self) -> bool:
+        return self.msg_type != "XML" or self.connection == "V"
+
+
+@dataclass(frozen=True)
+class AppRecError:
+    code: str
+    text: str = ""
+    detail: str = ""  # the OT attribute: free text the receiver must display
+    system: str = ""  # OID of the error code system, 8221 for the general codes
+
+
+@dataclass(frozen=True)
+class Message:
+    """What the gateway knows about any recognised document (MsgHead, AppRec or standalone)."""
+
+    kind: DocumentKind
+    msg_id: str
+    msg_type: str  # kodeverk 8279; APPREC for AppRec
+    gen_date: str
+    sender: Address
+    receiver: Address
+    mig_version: str | None = None
+    msg_type_text: str = ""
+    copies: tuple[CopyReceiver, ...] = ()
+    patient: Patient | None = None
+    conversation: ConversationRef | None = None
+    documents: tuple[Document, ...] = ()
+    content_kind: DocumentKind | None = None  # the main document's kind for MsgHead
+    apprec: AppRecInfo | None = None
+
+    @property
+    def gen_datetime(self) -> datetime | None:
+        return parse_datetime(self.gen_date)
+
+    @property
+    def main_document(self) -> Document | None:
+        return next((d for d in self.documents if not d.is_attachment), None)
+
+    @property
+    def attachments(self) -> tuple[Document, ...]:
+        return tuple(d for d in self.documents if d.is_attachment)
+
+
+@dataclass(frozen=True)
+class AppRecInfo:
+    status: AppRecStatus | str
+    errors: tuple[AppRecError, ...] = ()
+    original_msg_id: str = ""
+    original_msg_type: str = ""
+    original_issue_date: str = ""
+    sender_role: str | None = None  # PRIM or COP: which receiver of the original answers
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+def parse_datetime(value: str | None) -> datetime | None:
+    """xs:dateTime to datetime; naive when the value has no zone (Norwegian local time)."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
