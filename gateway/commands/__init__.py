@@ -7,4 +7,5 @@ the list as data lets each feature own its command without editing a central dis
 
 COMMAND_MODULES = (
     "gateway.commands.validate",
+    "gateway.commands.registry",
 )
