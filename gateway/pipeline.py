@@ -1,0 +1,581 @@
+"""The pipeline: every front door (local systems, peer gateways) ends here.
+
+From a local system: validate, route, store durably with one delivery per receiver, and only
+then answer. From a peer: decrypt and verify, validate, check that the signer is the sender,
+store, and only then give the transport receipt. A refused message is stored too (nothing is
+lost) and answered with an AppRec where the standard says so, sent through the same machinery.
+Arriving AppRecs are matched to the message and receiver they answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.config import Config
+from gateway.lifecycle import (
+    APPREC_TARGET,
+    Actor,
+    DeliveryState,
+    IllegalTransition,
+    MessageState,
+    check_delivery,
+)
+from gateway.protection.errors import ProtectionError
+from gateway.registry import Registry
+from gateway.routing import Decision, LocalEndpoint, Route, Router
+from gateway.security import Security
+from gateway.store import (
+    Change,
+    Conflict,
+    DeliveryRecord,
+    DeliveryUpdate,
+    Direction,
+    Event,
+    MessageRecord,
+    Store,
+)
+from gateway.transport import PeerReceipt, SubmitResult
+from gateway.validation import ValidationResult, Validator
+from message_types.apprec import build_apprec
+from message_types.codes import AppRecStatus, ErrorCode
+from message_types.kinds import Family
+from message_types.model import Message
+from message_types.problems import Problem
+
+log = logging.getLogger("komut.pipeline")
+
+# The AppRec's OT attribute is shown to a person at the sender; keep it readable.
+MAX_DETAIL = 500
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one arriving message, before it is turned into a front door's answer."""
+
+    message_id: int | None
+    accepted: bool
+    duplicate: bool = False
+    problems: tuple[Problem, ...] = ()
+    detail: str = ""
+
+
+def _problem_dicts(problems) -> list[dict]:
+    return [p.to_dict() for p in problems]
+
+
+def _first_reason(problems) -> str:
+    return "; ".join(f"{p.code} {p.message}" for p in problems[:3])
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        validator: Validator,
+        registry: Callable[[], Registry],
+        security: Security | None,
+        local_systems: dict[int, LocalEndpoint],
+        clock: Callable[[], float] = time.time,
+        wake: Callable[[], None] = lambda: None,
+    ):
+        self.config = config
+        self.store = store
+        self.validator = validator
+        self._registry = registry
+        self.security = security
+        self.local_systems = local_systems
+        self.clock = clock
+        self.wake = wake
+        self._router: tuple[Registry, Router] | None = None
+
+    # --- shared ----------------------------------------------------------------------------------
+
+    def registry(self) -> Registry:
+        return self._registry()
+
+    def router(self) -> Router:
+        registry = self.registry()
+        if self._router is None or self._router[0] is not registry:
+            d = self.config.delivery
+            fifo = frozenset(h for h, o in d.overrides.items() if o.get("fifo"))
+            router = Router(
+                registry,
+                gateway_name=self.config.name,
+                gateway_urls=self.config.gateways,
+                local_systems=self.local_systems,
+                fifo_receivers=fifo,
+                fifo_all=d.fifo,
+            )
+            self._router = (registry, router)
+        return self._router[1]
+
+    async def _validate(self, data: bytes) -> ValidationResult:
+        # Large documents would hold the event loop for long; small ones are cheaper inline.
+        if len(data) > 256 * 1024:
+            return await asyncio.to_thread(self.validator.validate, data)
+        return self.validator.validate(data)
+
+    def _summary(self, message: Message | None) -> dict:
+        """Facts for display and search, without patient data."""
+        if message is None:
+            return {}
+        registry = self.registry()
+
+        def name(address) -> str:
+            her = address.her_id
+            if her is not None and her in registry:
+                return registry.display_name(her)
+            return address.describe()
+
+        return {
+            "type_text": message.msg_type_text,
+            "format": message.kind.title,
+            "content": message.content_kind.title if message.content_kind else None,
+            "sender_name": name(message.sender),
+            "receiver_name": name(message.receiver),
+            "sender_chain": [h for h in message.sender.her_ids if h],
+            "receiver_chain": [h for h in message.receiver.her_ids if h],
+            "copies": [c.address.her_id for c in message.copies],
+            "gen_date": message.gen_date,
+        }
+
+    @staticmethod
+    def dedupe_key(message: Message | None, data: bytes) -> str:
+        if message is not None and message.msg_id and message.sender.her_id is not None:
+            return f"{message.sender.her_id}:{message.msg_id}"
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def _record(
+        self,
+        direction: Direction,
+        state: MessageState,
+        data: bytes,
+        message: Message | None,
+        source: str,
+        problems=(),
+        now: float = 0.0,
+        dedupe_key: str | None = None,
+    ) -> MessageRecord:
+        apprec = message.apprec if message else None
+        return MessageRecord(
+            direction=direction,
+            state=state,
+            dedupe_key=dedupe_key or self.dedupe_key(message, data),
+            received_at=now,
+            source=source,
+            msg_id=message.msg_id if message else "",
+            msg_type=message.msg_type if message else "",
+            sender_her=message.sender.her_id if message else None,
+            receiver_her=message.receiver.her_id if message else None,
+            conversation=(
+                (message.conversation.conversation if message.conversation else message.msg_id)
+                if message
+                else None
+            ),
+            refers_to=apprec.original_msg_id if apprec else None,
+            size=len(data),
+            payload=data,
+            summary=self._summary(message),
+            problems=_problem_dicts(problems),
+        )
+
+    def _deliveries(self, routes: list[Route], message: Message, now: float) -> list[DeliveryRecord]:
+        d = self.config.delivery
+        expects = message.kind.family != Family.APPREC
+        out = []
+        for route in routes:
+            out.append(
+                DeliveryRecord(
+                    message_id=None,
+                    receiver_her=route.receiver_her,
+                    role=route.role,
+                    transport=route.transport,
+                    endpoint=route.endpoint,
+                    state=DeliveryState.QUEUED,
+                    expires_at=now + float(d.overrides.get(route.receiver_her, {}).get("ttl", d.ttl)),
+                    expects_apprec=expects,
+                    next_attempt_at=now,
+                    fifo_key=(message.conversation.conversation if message.conversation else message.msg_id)
+                    if route.fifo
+                    else None,
+                    updated_at=now,
+                )
+            )
+        return out
+
+    def _accept_change(
+        self, record: MessageRecord, message: Message, decision: Decision, now: float, actor: Actor
+    ) -> Change:
+        deliveries = self._deliveries(decision.routes, message, now)
+        events = [
+            Event(now, actor, "stored", to_state=MessageState.RECEIVED, reason=f"from {record.source}"),
+            Event(
+                now,
+                Actor.GATEWAY,
+                "validated and routed",
+                from_state=MessageState.RECEIVED,
+                to_state=MessageState.ACCEPTED,
+                reason=f"{len(deliveries)} receiver(s)",
+            ),
+        ]
+        for index, route in enumerate(decision.routes):
+            events.append(
+                Event(
+                    now,
+                    Actor.GATEWAY,
+                    "routed to a receiver",
+                    to_state=DeliveryState.QUEUED,
+                    reason=f"{route.role} {route.receiver_her} via {route.transport}",
+                    details={"why": list(route.why), "endpoint": route.endpoint},
+                    new_delivery_index=index,
+                )
+            )
+        return Change(new_message=record, new_deliveries=deliveries, events=events)
+
+    def _reject_change(
+        self, record: MessageRecord, problems, now: float, actor: Actor, target=MessageState.REJECTED
+    ):
+        return Change(
+            new_message=record,
+            events=[
+                Event(now, actor, "stored", to_state=MessageState.RECEIVED, reason=f"from {record.source}"),
+                Event(
+                    now,
+                    Actor.GATEWAY,
+                    "refused",
+                    from_state=MessageState.RECEIVED,
+                    to_state=target,
+                    reason=_first_reason(problems)[:MAX_DETAIL],
+                    details={"problems": _problem_dicts(problems)},
+                ),
+            ],
+        )
+
+    # --- AppRec generation and correlation ---------------------------------------------------------
+
+    def _apprec_version(self, registry: Registry, receiver_her: int | None) -> str:
+        wanted = self.config.apprec_version
+        if receiver_her is not None and receiver_her in registry:
+            for version in (wanted, "1.1", "1.0"):
+                if registry.accepts(receiver_her, "APPREC", version):
+                    return version
+        return wanted
+
+    async def send_apprec(
+        self,
+        original: Message,
+        status: AppRecStatus,
+        problems,
+        *,
+        answering_id: int | None,
+        role: str = "PRIM",
+    ) -> int | None:
+        """Queue an AppRec answering `original` on behalf of its receiver; idempotent per original."""
+        registry = self.registry()
+        errors = [(p.code, f"{p.message}"[:MAX_DETAIL]) for p in problems]
+        data = build_apprec(
+            original,
+            status,
+            errors,
+            version=self._apprec_version(registry, original.sender.her_id),
+            sender_role=role,
+        )
+        result = self.validator.validate(data)
+        now = self.clock()
+        if result.message is None or not result.valid:
+            log.error("generated AppRec does not validate: %s", result.problems)
+            return None
+        apprec = result.message
+        # One AppRec per receiver and original: a retried original must not produce a second one.
+        key = f"apprec:{original.receiver.her_id}:{original.sender.her_id}:{original.msg_id}"
+        record = self._record(
+            Direction.OUTBOUND, MessageState.ACCEPTED, data, apprec, "gateway", now=now, dedupe_key=key
+        )
+        decision = self.router().route(apprec)
+        if not decision.ok:
+            record.state = MessageState.REJECTED
+            change = self._reject_change(record, decision.problems, now, Actor.GATEWAY)
+        else:
+            change = self._accept_change(record, apprec, decision, now, Actor.GATEWAY)
+        if answering_id is not None:
+            change.events.append(
+                Event(
+                    now,
+                    Actor.GATEWAY,
+                    "AppRec sent" if decision.ok else "AppRec could not be routed",
+                    message_id=answering_id,
+                    reason=f"status {status.value} {status.text}"
+                    + (f": {_first_reason(problems)}" if problems else "")
+                    + ("" if decision.ok else f" ({_first_reason(decision.problems)})"),
+                    details={"apprec_msg_id": apprec.msg_id},
+                )
+            )
+        applied = await self.store.apply(change)
+        self.wake()
+        return applied.message_id
+
+    async def _correlate_apprec(
+        self, apprec: Message, direction_of_original: Direction, now: float
+    ) -> tuple[list[DeliveryUpdate], list[Event]]:
+        """Delivery updates and events that record an arriving AppRec on what it answers."""
+        info = apprec.apprec
+        target = APPREC_TARGET.get(str(getattr(info.status, "value", info.status)))
+        if target is None:
+            return [], []
+        originals = await self.store.find_by_msg_id(info.original_msg_id, direction_of_original)
+        answering_her = apprec.sender.her_id
+        updates, events = [], []
+        for original in originals:
+            for delivery in await self.store.deliveries(original.id):
+                if delivery.receiver_her != answering_her:
+                    continue
+                try:
+                    check_delivery(delivery.state, target)
+                except IllegalTransition:
+                    events.append(
+                        Event(
+                            now,
+                            Actor.PEER,
+                            "AppRec received",
+                            message_id=original.id,
+                            delivery_id=delivery.id,
+                            reason=f"status {info.status} while {delivery.state}; state kept",
+                            details={"apprec_msg_id": apprec.msg_id},
+                        )
+                    )
+                    continue
+                updates.append(
+                    DeliveryUpdate(
+                        delivery.id,
+                        delivery.state,
+                        {"state": target, "apprec_status": str(info.status), "apprec_msg_id": apprec.msg_id},
+                    )
+                )
+                events.append(
+                    Event(
+                        now,
+                        Actor.PEER,
+                        check_delivery(delivery.state, target).trigger,
+                        message_id=original.id,
+                        delivery_id=delivery.id,
+                        from_state=delivery.state,
+                        to_state=target,
+                        reason="; ".join(f"{e.code} {e.text} {e.detail}".strip() for e in info.errors)[
+                            :MAX_DETAIL
+                        ],
+                        details={"apprec_msg_id": apprec.msg_id, "errors": [e.__dict__ for e in info.errors]},
+                    )
+                )
+        if not updates and not events:
+            log.warning("AppRec %s answers unknown message %s", apprec.msg_id, info.original_msg_id)
+        return updates, events
+
+    # --- from our local systems ---------------------------------------------------------------------
+
+    async def from_local(self, data: bytes, source: str, sender_her: int | None = None) -> SubmitResult:
+        now = self.clock()
+        result = await self._validate(data)
+        message = result.message
+        key = self.dedupe_key(message, data)
+        existing = await self.store.find_message(key)
+        if existing is not None:
+            return SubmitResult(
+                accepted=existing.state == MessageState.ACCEPTED,
+                message_id=existing.id,
+                duplicate=True,
+                detail=f"already received as message {existing.id} ({existing.state})",
+                problems=existing.problems,
+            )
+        problems = list(result.errors)
+        registry = self.registry()
+        if message is not None and sender_her is not None and not problems:
+            her = message.sender.her_id
+            lineage = {p.her_id for p in registry.lineage(her)} if her in registry else set()
+            if sender_her not in lineage:
+                problems.append(
+                    Problem(
+                        ErrorCode.X99,
+                        f"the MsgHead sender (HER-id {her}) is not the party this system may send for ({sender_her})",
+                    )
+                )
+        decision = None
+        if message is not None and not problems:
+            decision = self.router().route(message)
+            problems += decision.problems
+        if problems:
+            record = self._record(
+                Direction.OUTBOUND, MessageState.REJECTED, data, message, source, problems, now
+            )
+            applied = await self.store.apply(self._reject_change(record, problems, now, Actor.GATEWAY))
+            if message is not None and message.kind.family != Family.APPREC:
+                # The local system gets the standard answer too, so its EPJ can show the refusal.
+                await self.send_apprec(
+                    message, AppRecStatus.REJECTED, problems, answering_id=applied.message_id
+                )
+            return SubmitResult(
+                accepted=False,
+                message_id=applied.message_id,
+                detail=_first_reason(problems),
+                problems=_problem_dicts(problems),
+                status=400,
+            )
+        record = self._record(Direction.OUTBOUND, MessageState.ACCEPTED, data, message, source, now=now)
+        change = self._accept_change(record, message, decision, now, Actor.GATEWAY)
+        if message.kind.family == Family.APPREC:
+            updates, events = await self._correlate_apprec(message, Direction.INBOUND, now)
+            change.delivery_updates += updates
+            change.events += events
+        try:
+            applied = await self.store.apply(change)
+        except Conflict:
+            # The delivery moved meanwhile (e.g. a timer); store the AppRec without the update.
+            change.delivery_updates = []
+            applied = await self.store.apply(change)
+        if not applied.created:
+            return SubmitResult(accepted=True, message_id=applied.message_id, duplicate=True)
+        self.wake()
+        return SubmitResult(
+            accepted=True, message_id=applied.message_id, detail=f"{len(decision.routes)} receiver(s)"
+        )
+
+    # --- from peer gateways ------------------------------------------------------------------------
+
+    async def from_peer(self, body: bytes, routing: dict, source: str) -> PeerReceipt:
+        now = self.clock()
+        registry = self.registry()
+        try:
+            from_her = int(routing.get("from_her") or 0) or None
+        except ValueError:
+            from_her = None
+        if self.security is None:
+            return PeerReceipt(False, 503, "this gateway cannot decrypt (no keys configured)")
+        crypto_problems: list[Problem] = []
+        algorithms = ""
+        try:
+            unprotected = await asyncio.to_thread(self.security.unprotect, registry, body, from_her)
+            content = unprotected.content
+            algorithms = str(unprotected.algorithms)
+        except ProtectionError as exc:
+            if exc.retryable:
+                return PeerReceipt(False, 503, f"{exc.transport_error}: {exc.reason}", retry_after=300)
+            if exc.content is None or exc.apprec is None:
+                # Unreadable: no AppRec is possible. Keep a record so operators see the attempt.
+                await self._store_unreadable(body, source, from_her, exc, now)
+                return PeerReceipt(
+                    False,
+                    403 if "certificate" in exc.transport_error else 400,
+                    f"{exc.transport_error}: {exc.reason}",
+                )
+            content = exc.content
+            crypto_problems.append(Problem(ErrorCode(exc.apprec.value), f"{exc.kind.check}: {exc.reason}"))
+        result = await self._validate(content)
+        message = result.message
+        key = self.dedupe_key(message, content)
+        existing = await self.store.find_message(key)
+        if existing is not None:
+            await self.store.apply(
+                Change(
+                    events=[
+                        Event(
+                            now,
+                            Actor.PEER,
+                            "duplicate received",
+                            message_id=existing.id,
+                            reason=f"from {source}; acknowledged again, not delivered again",
+                        )
+                    ]
+                )
+            )
+            return PeerReceipt(
+                True, 200, "duplicate: already received", duplicate=True, message_ref=str(existing.id)
+            )
+        problems = crypto_problems + list(result.errors)
+        if message is not None and not problems:
+            spoof = self._spoofing(registry, message, from_her)
+            if spoof:
+                record = self._record(
+                    Direction.INBOUND, MessageState.REJECTED, content, message, source, [spoof], now
+                )
+                await self.store.apply(self._reject_change(record, [spoof], now, Actor.PEER))
+                return PeerReceipt(False, 403, f"abuse:spoofing-attack: {spoof.message}")
+        decision = None
+        if message is not None and not problems:
+            decision = self.router().route(message)
+            problems += decision.problems
+            for route in decision.routes:
+                if not route.local:
+                    problems.append(
+                        Problem(ErrorCode.E21, f"HER-id {route.receiver_her} is not served by this gateway")
+                    )
+            if problems:
+                decision = None
+        if problems:
+            record = self._record(
+                Direction.INBOUND, MessageState.REJECTED, content, message, source, problems, now
+            )
+            applied = await self.store.apply(self._reject_change(record, problems, now, Actor.PEER))
+            if message is not None and message.kind.family != Family.APPREC:
+                await self.send_apprec(
+                    message, AppRecStatus.REJECTED, problems, answering_id=applied.message_id
+                )
+            # The transport worked: the sender learns of the refusal by AppRec, not by a transport error.
+            return PeerReceipt(True, 200, "received; refused by AppRec", message_ref=str(applied.message_id))
+        if message is None:
+            return PeerReceipt(False, 400, "unreadable")
+        record = self._record(Direction.INBOUND, MessageState.ACCEPTED, content, message, source, now=now)
+        record.summary["algorithms"] = algorithms
+        change = self._accept_change(record, message, decision, now, Actor.PEER)
+        if message.kind.family == Family.APPREC:
+            updates, events = await self._correlate_apprec(message, Direction.OUTBOUND, now)
+            change.delivery_updates += updates
+            change.events += events
+        try:
+            applied = await self.store.apply(change)
+        except Conflict:
+            change.delivery_updates = []
+            applied = await self.store.apply(change)
+        self.wake()
+        return PeerReceipt(
+            True, 200, "stored", duplicate=not applied.created, message_ref=str(applied.message_id)
+        )
+
+    def _spoofing(self, registry: Registry, message: Message, from_her: int | None) -> Problem | None:
+        """The MsgHead sender must belong to the organisation whose certificate signed it."""
+        her = message.sender.her_id
+        if her is None or her not in registry or from_her is None:
+            return Problem(ErrorCode.X99, f"the MsgHead sender HER-id {her} is not in the address registry")
+        if registry.certificate_holder(her) != registry.certificate_holder(from_her):
+            return Problem(
+                ErrorCode.X99,
+                f"the MsgHead sender (HER-id {her}) does not belong to the signing organisation (HER-id {from_her})",
+            )
+        return None
+
+    async def _store_unreadable(
+        self, body: bytes, source: str, from_her, exc: ProtectionError, now: float
+    ) -> None:
+        problem = Problem(
+            ErrorCode.S99 if exc.apprec is None else ErrorCode(exc.apprec.value), str(exc)[:MAX_DETAIL]
+        )
+        record = MessageRecord(
+            direction=Direction.INBOUND,
+            state=MessageState.REJECTED,
+            dedupe_key="sha256:" + hashlib.sha256(body).hexdigest(),
+            received_at=now,
+            source=source,
+            sender_her=from_her,
+            size=len(body),
+            payload=None,  # undecryptable bytes are of no use to anyone reading the log
+            summary={"transport_error": exc.transport_error},
+            problems=[problem.to_dict()],
+        )
+        existing = await self.store.find_message(record.dedupe_key)
+        if existing is None:
+            await self.store.apply(self._reject_change(record, [problem], now, Actor.PEER))
