@@ -339,7 +339,8 @@ class _Parser:
             return orgnr.validate(str(value))
         except ValidationError as exc:
             self.problem(her_id, "org_no", f"{value!r} is not a valid organisation number ({exc.message})")
-            return None
+            # Keep it: the file is refused anyway, and "needs an organisation number" would be noise.
+            return str(value)
 
     def endpoint(self, her_id: int, value: Any) -> Endpoint | None:
         value = self.table(her_id, "endpoint", value)
@@ -424,7 +425,9 @@ class _Parser:
             return CertificateFile(full, self.read_cert(full))
         except CertificateReadError as exc:
             self.problem(her_id, f"certificates.{slot}", str(exc))
-            return None
+            # Named but unusable; the file is refused anyway. Keeping the slot avoids a second,
+            # misleading "has no certificates" problem for the same mistake.
+            return CertificateFile(full)
 
 
 def _is_int(value: Any) -> bool:

@@ -307,8 +307,14 @@ class Registry:
         return self.lineage(her_id)[-1]
 
     def display_name(self, her_id: int) -> str:
-        """Name with its ancestors' names, e.g. "Drammen kommune, Sykepleietjeneste, pleie og omsorg"."""
-        return ", ".join(p.name for p in reversed(self.lineage(her_id)))
+        """How to name the party to a human: an organisation by its own name ("Drammen sykehus"),
+        a service or person after its parent ("Drammen sykehus, Somatikk plo meldingsmottak").
+        Only the parent, because a service name alone is ambiguous (every site has a "Somatikk
+        plo meldingsmottak") while the whole chain up to the trust is needlessly long."""
+        party = self.get(her_id)
+        if party.kind is PartyKind.ORGANISATION or party.parent is None:
+            return party.name
+        return f"{self.get(party.parent).name}, {party.name}"
 
     # -- inherited values ----------------------------------------------------------------------
 

@@ -48,6 +48,9 @@ class RegistryHolder:
         self.source = source
         self._registry = registry if registry is not None else source.load()
         self._files: tuple[Path, ...] = self._registry.files
+        # The state of the files the current registry (or the last failed attempt) was read from;
+        # the watcher reloads when the files no longer match it.
+        self._fingerprint = fingerprint(self._files)
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._tasks: set[asyncio.Task] = set()
@@ -72,7 +75,6 @@ class RegistryHolder:
 
     def replace(self, registry: Registry) -> None:
         self._registry = registry
-        self._files = registry.files
         self.generation += 1
         self.last_problems = []
         for listener in self._listeners:
@@ -85,13 +87,17 @@ class RegistryHolder:
         """Load the source again. Returns [] after swapping in the new registry, or the problems
         that made the reload fail, in which case the current registry stays as it was."""
         with self._lock:
+            # Taken before reading: a change made while loading then still differs next poll,
+            # which costs at most one extra reload instead of a missed one.
+            before = fingerprint(self._files)
             try:
                 registry = self.source.load()
             except RegistryError as exc:
-                self._files = exc.files or self._files
+                self._note_files(exc.files or self._files, before)
                 self.last_problems = exc.problems
                 log.error("%s; still serving generation %d", exc, self.generation)
                 return exc.problems
+            self._note_files(registry.files, before)
             self.replace(registry)
             log.info(
                 "registry reloaded from %s: %d parties (generation %d)",
@@ -100,6 +106,14 @@ class RegistryHolder:
                 self.generation,
             )
             return []
+
+    def _note_files(self, files: tuple[Path, ...], before: Fingerprint) -> None:
+        self._fingerprint = before if files == self._files else fingerprint(files)
+        self._files = files
+
+    def files_changed(self) -> bool:
+        """Whether the watched files differ from what the last load attempt read."""
+        return fingerprint(self._files) != self._fingerprint
 
     async def reload_async(self) -> list[Problem]:
         """`reload()` in a worker thread: reading files and certificates must not stall the loop."""
@@ -131,25 +145,11 @@ class RegistryHolder:
         return task
 
     async def _watch(self, interval: float) -> None:
-        files = self._files
-        seen = await asyncio.to_thread(fingerprint, files)
         while True:
             await asyncio.sleep(interval)
-            if self._files != files:
-                # Someone else (SIGHUP) reloaded meanwhile: follow the new set of files.
-                files = self._files
-                seen = await asyncio.to_thread(fingerprint, files)
-                continue
-            now = await asyncio.to_thread(fingerprint, files)
-            if now == seen:
-                continue
-            log.info("registry files changed; reloading")
-            old_files = files
-            await self.reload_async()
-            files = self._files
-            # Remember the state we loaded from, so a change made during the load shows up next
-            # round; if the new registry names other files, start over from those.
-            seen = now if files == old_files else await asyncio.to_thread(fingerprint, files)
+            if await asyncio.to_thread(self.files_changed):
+                log.info("registry files changed; reloading")
+                await self.reload_async()
 
     async def stop(self) -> None:
         """Cancel the watcher and any reload still running (for orderly shutdown and tests)."""

@@ -36,15 +36,25 @@ def check_structure(entries: Sequence[tuple[int, Party]], areas: Mapping[str, Ar
     for cycle in cyclic:
         chain = " -> ".join(str(h) for h in (*cycle, cycle[0]))
         problems.append(Problem(cycle[0], "parent", f"parent chain forms a cycle: {chain}"))
-    if problems:
-        # Inherited lookups walk parent chains; they are only meaningful on a sound tree.
-        return problems
-
+    # Inherited lookups walk parent chains, so they run only for parties whose chain reaches a
+    # level-1 party; the others already have a problem reported above.
     registry = Registry(by_id.values(), areas)
-    for party in registry:
-        problems += _check_references(party, registry)
-        problems += _check_inherited(party, registry)
+    for party in by_id.values():
+        if _sound_chain(party.her_id, by_id):
+            problems += _check_references(party, registry)
+            problems += _check_inherited(party, registry)
     return problems
+
+
+def _sound_chain(her_id: int, by_id: Mapping[int, Party]) -> bool:
+    seen: set[int] = set()
+    current: int | None = her_id
+    while current is not None:
+        if current in seen or current not in by_id:
+            return False
+        seen.add(current)
+        current = by_id[current].parent
+    return True
 
 
 def _check_parent(party: Party, by_id: Mapping[int, Party]) -> list[Problem]:
