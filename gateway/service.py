@@ -1,0 +1,177 @@
+"""The composition root: reads the configuration and wires the core to concrete adapters.
+
+This is the one module of the core that imports adapters; everything else sees only the
+interfaces in `gateway.store` and `gateway.transport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.dispatcher import Dispatcher
+from gateway.pipeline import Pipeline
+from gateway.registry import RegistryHolder, RegistrySource, install_sighup
+from gateway.routing import LocalEndpoint
+from gateway.schemas import load_schema_set
+from gateway.security import Security
+from gateway.store import Store
+from gateway.timers import Timers
+from gateway.transport import Transport
+from gateway.validation import Validator
+
+log = logging.getLogger("komut.service")
+
+PEER_PATH = "/peer/v1/messages"
+
+
+def make_store(config: Config) -> Store:
+    if config.store_kind == "sqlite":
+        from adapters.store_sqlite import SqliteStore
+
+        config.store_path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteStore(config.store_path)
+    if config.store_kind == "memory":
+        from adapters.store_memory import MemoryStore
+
+        return MemoryStore()
+    raise ValueError(f"unknown store kind {config.store_kind!r} (sqlite or memory)")
+
+
+def folder_layout(config: Config) -> tuple[list, dict[int, LocalEndpoint]]:
+    """FolderParty per served HER-id of each folder-connected local system, and their endpoints."""
+    from adapters.folders import FolderParty
+
+    parties, endpoints = [], {}
+    for system in config.local_systems:
+        if system.transport != "folder" or system.folder is None:
+            continue
+        for her in system.her_ids:
+            root = system.folder if len(system.her_ids) == 1 else system.folder / str(her)
+            parties.append(FolderParty(her, root))
+            endpoints[her] = LocalEndpoint(system.name, "folder", str(root / "in"))
+    return parties, endpoints
+
+
+class Gateway:
+    def __init__(self, config: Config, *, store: Store | None = None):
+        self.config = config
+        self.store = store or make_store(config)
+        self.registry_holder = RegistryHolder(RegistrySource(config.registry_file, config.cert_dir))
+        self.security = Security(config) if config.keys else None
+        self.validator = Validator(load_schema_set(tuple(config.schema_dirs)))
+        self.transports: dict[str, Transport] = {}
+        self.runner: web.AppRunner | None = None
+        self.app = web.Application(client_max_size=36 * 1024 * 1024)
+        self.owner = f"{config.name}@{socket.gethostname()}:{os.getpid()}"
+        parties, local_endpoints = folder_layout(config)
+        self._folder_parties = parties
+        self.pipeline = Pipeline(
+            config=config,
+            store=self.store,
+            validator=self.validator,
+            registry=lambda: self.registry_holder.current,
+            security=self.security,
+            local_systems=local_endpoints,
+            wake=self._wake,
+        )
+        self.dispatcher: Dispatcher | None = None
+        self.timers = Timers(config=config, store=self.store)
+        self._stopped = asyncio.Event()
+
+    def _wake(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    def _build_transports(self) -> None:
+        from adapters.folders import FolderTransport
+        from adapters.https_peer import HttpsPeerTransport, client_ssl_context
+
+        c = self.config
+        ssl_ctx = None
+        if c.tls_ca is not None:
+            ssl_ctx = client_ssl_context(c.tls_ca, cert=c.tls_client_cert, key=c.tls_client_key)
+        self.transports["https"] = HttpsPeerTransport("https", ssl_context=ssl_ctx)
+        self.transports["folder"] = FolderTransport(
+            "folder", self._folder_parties, poll_interval=c.delivery.poll_interval
+        )
+
+    async def start(self) -> None:
+        from adapters.https_peer import peer_routes, server_ssl_context
+
+        c = self.config
+        await self.store.open()
+        # Whatever this gateway was sending when it stopped goes back to the queue now, not when
+        # its lease would have run out: a single node owns all of its leases.
+        await self.store.release_expired_leases(time.time() + c.delivery.lease_seconds + 1)
+        self._build_transports()
+        self.dispatcher = Dispatcher(
+            config=c,
+            store=self.store,
+            transports=self.transports,
+            security=self.security,
+            registry=lambda: self.registry_holder.current,
+            owner=self.owner,
+        )
+        peer_routes(self.app, self.pipeline, path=PEER_PATH)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
+        ssl_ctx = None
+        if c.tls_cert and c.tls_key:
+            ssl_ctx = server_ssl_context(
+                c.tls_cert, c.tls_key, client_ca=c.tls_ca, require_client_cert=c.require_client_cert
+            )
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, c.listen_host, c.listen_port, ssl_context=ssl_ctx)
+        await site.start()
+        for transport in self.transports.values():
+            await transport.start(self.pipeline)
+        await self.dispatcher.start()
+        await self.timers.start()
+        self._watch = self.registry_holder.watch()
+        log.info("gateway %s listening on %s:%s", c.name, c.listen_host, c.listen_port)
+
+    async def stop(self) -> None:
+        await self.registry_holder.stop()
+        await self.timers.stop()
+        if self.dispatcher:
+            await self.dispatcher.stop()
+        for transport in self.transports.values():
+            await transport.stop()
+        if self.runner:
+            await self.runner.cleanup()
+        await self.store.close()
+        self._stopped.set()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "gateway": self.config.name})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        counts = await self.store.counts()
+        return web.json_response({"status": "ready", "deliveries": counts})
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the address registry."""
+    gateway = Gateway(config)
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    install_sighup(loop, gateway.registry_holder)
+    await stop.wait()
+    await gateway.stop()
+
+
+def state_path(config: Config, name: str) -> Path:
+    return config.state_dir / name
