@@ -438,3 +438,9 @@ def test_certificate_checks(tmp_path, pki):
     other_ca = Pki(tmp_path / "other")
     problems = check_certificates(reg, now=NOW, ca=other_ca.ca)
     assert sum("not issued by the CA" in p.message for p in problems) == 5
+
+
+def test_missing_certificate_directory_is_one_problem(tmp_path):
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(GOOD, cert_dir=tmp_path / "nope")
+    assert [(p.her_id, p.field) for p in caught.value.problems] == [(None, "cert-dir")]

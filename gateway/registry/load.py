@@ -123,6 +123,12 @@ def parse_registry(
     """Parse registry TOML. With `cert_dir` None, certificates are named but not read."""
     parser = _Parser(cert_dir, read_cert)
     parser.files.extend(extra_files)
+    if cert_dir is not None and not cert_dir.is_dir():
+        # One problem instead of one per certificate file.
+        parser.problem(
+            None, "cert-dir", f"certificate directory {cert_dir} does not exist (run `komut pki init`?)"
+        )
+        parser.cert_dir_missing = True
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -146,6 +152,7 @@ class _Parser:
         self.files: list[Path] = []
         self.policies: dict[str, ProtectionPolicy] = {}
         self.profiles: dict[str, frozenset[tuple[str, str]]] = {}
+        self.cert_dir_missing = False
 
     def problem(self, her_id: int | None, field: str, message: str) -> None:
         self.problems.append(Problem(her_id, field, message))
@@ -419,6 +426,8 @@ class _Parser:
             return None if optional else CertificateFile(path)
         full = path if path.is_absolute() else self.cert_dir / path
         self.files.append(full)
+        if self.cert_dir_missing and not path.is_absolute():
+            return None if optional else CertificateFile(full)
         if optional and not full.exists():
             return None
         try:

@@ -48,9 +48,11 @@ class Transport(StrEnum):
 
 
 class Cipher(StrEnum):
-    """CMS content-encryption algorithms seen in Norwegian e-health messaging (standards.md §7.5)."""
+    """CMS content-encryption algorithms (CBC), named as `gateway.protection` names them, so a
+    registry policy converts to the protection layer's by value (standards.md §7.5)."""
 
     AES256 = "aes256"
+    AES192 = "aes192"
     AES128 = "aes128"
     DES3 = "des3"
 
