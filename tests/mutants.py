@@ -1,24 +1,26 @@
 """Deterministic mutants of valid sample messages, for schema-agreement tests.
 
-``mutants(tree, rng, count)`` takes a valid document (a MsgHead with its payloads, or a bare
-AppRec) and returns up to ``count`` distinct mutated copies. Each mutant changes one thing:
+``mutants(tree, rng, per_part)`` takes a valid document (a MsgHead with its payloads, or a bare
+AppRec) and returns distinct mutated copies, up to ``per_part`` for each part of the document.
+Each mutant changes one thing:
 
 * ``drop``       remove an element
 * ``duplicate``  repeat an element right after itself
 * ``move``       swap an element with a sibling, move it among its siblings, or move it under
                  another element of the same document part
-* ``wrong-type`` break a value: letters in a date, number or boolean, a bad OID, a value outside
-                 an enumeration or fixed value, text in an element-only or empty element, a child
-                 element in a text-only element, a removed attribute, an unknown attribute
+* ``wrong-type`` break a value: letters in a date, number or boolean, bad base64, a bad OID, a
+                 value outside an enumeration or fixed value, text in an element-only or empty
+                 element, a child element in a text-only element, a removed or unknown
+                 attribute, xsi:nil, or an xsi:type naming some other (existing) type
 * ``unknown``    insert an element the schemas do not declare (in the parent's namespace or in a
                  made-up one)
 
 A document is split into *parts*: the MsgHead envelope, and each payload under
-``RefDoc/Content`` (the payload root and everything below it). Every mutant is applied inside
-one part, chosen so that envelopes and payloads both get their share, and is labelled with that
-part's namespace and with the namespace of the element it changed (a po: element inside a
-Pasientlogistikk payload: part Pasientlogistikk, element poKomponent). Whether a mutant is still valid does not matter: the test only asks whether two
-schema sets give the same verdict.
+``RefDoc/Content`` (the payload root and everything below it). Every mutant is applied inside one
+part, so envelopes and payloads both get their share. It is labelled with that part's namespace
+and with the namespace of the element it changed (a po: element inside a Pasientlogistikk
+payload: part Pasientlogistikk, element poKomponent). Whether a mutant is still valid does not
+matter: the test only asks whether two schema sets give the same verdict.
 """
 
 from __future__ import annotations
