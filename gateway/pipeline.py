@@ -459,7 +459,11 @@ class Pipeline:
         crypto_problems: list[Problem] = []
         algorithms = ""
         try:
-            unprotected = await asyncio.to_thread(self.security.unprotect, registry, body, from_her)
+            try:
+                to_her = int(routing.get("to_her") or 0) or None
+            except ValueError:
+                to_her = None
+            unprotected = await asyncio.to_thread(self.security.unprotect, registry, body, from_her, to_her)
             content = unprotected.content
             algorithms = str(unprotected.algorithms)
         except ProtectionError as exc:

@@ -7,6 +7,7 @@ The CMS work itself is `gateway.protection` (pure); this module only picks its i
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from dataclasses import dataclass
 
 from gateway.config import Config
@@ -38,25 +39,40 @@ class OrgCredentials:
 class Security:
     def __init__(self, config: Config):
         self.config = config
-        self.orgs: dict[int, OrgCredentials] = {}
-        for her, keys in config.keys.items():
-            previous = tuple(Credential.load(k, c) for k, c in keys.previous_enc)
-            self.orgs[her] = OrgCredentials(
-                her,
-                Credential.load(keys.sign_key, keys.sign_cert),
-                (Credential.load(keys.enc_key, keys.enc_cert), *previous),
-            )
-        # Every org's current key first: a message is for one of them, and current keys are the
-        # likely match; previous keys are tried last.
-        self._all_decryption = tuple(o.decryption[0] for o in self.orgs.values()) + tuple(
-            c for o in self.orgs.values() for c in o.decryption[1:]
-        )
+        self._keys = dict(config.keys)
+        # Loading an RSA key checks it, which costs tens of milliseconds; a municipal gateway
+        # serving dozens of organisations loads each one the first time it is needed.
+        self._orgs: dict[int, OrgCredentials] = {}
+        self._lock = threading.Lock()
         anchors = [c for path in config.trust_anchors for c in load_certificates(path)]
         self.checker = CertificateChecker(anchors, crl_source=FileCrlSource(config.crls))
         self._unknown = UnknownRevocation(
             "accept" if config.unknown_revocation in ("accept", "accept-and-flag") else "retry"
         )
         self._policies: dict[tuple, ProtectionPolicy] = {}
+
+    def org(self, her_id: int) -> OrgCredentials:
+        org = self._orgs.get(her_id)
+        if org is None:
+            with self._lock:
+                org = self._orgs.get(her_id)
+                if org is None:
+                    keys = self._keys[her_id]
+                    previous = tuple(Credential.load(k, c) for k, c in keys.previous_enc)
+                    org = OrgCredentials(
+                        her_id,
+                        Credential.load(keys.sign_key, keys.sign_cert),
+                        (Credential.load(keys.enc_key, keys.enc_cert), *previous),
+                    )
+                    self._orgs[her_id] = org
+        return org
+
+    def decryption_credentials(self, registry: Registry, to_her: int | None) -> tuple[Credential, ...]:
+        """The addressed organisation's keys (current, then those kept for rollover); all of ours
+        only when the transport did not say whom the message is for."""
+        first = self.org_for(registry, to_her)
+        orgs = [first] if first else [self.org(h) for h in self._keys]
+        return tuple(o.decryption[0] for o in orgs) + tuple(c for o in orgs for c in o.decryption[1:])
 
     def policy(self, partner: PartnerPolicy | None) -> ProtectionPolicy:
         if partner is None:
@@ -77,13 +93,13 @@ class Security:
         if her_id is None or her_id not in registry:
             return None
         for party in registry.lineage(her_id):
-            if party.her_id in self.orgs:
-                return self.orgs[party.her_id]
+            if party.her_id in self._keys:
+                return self.org(party.her_id)
         return None
 
     def protect(self, registry: Registry, payload: bytes, sender_her: int | None, receiver_her: int) -> bytes:
         """Sign as the sender's organisation, encrypt for the receiver's encryption certificate."""
-        org = self.org_for(registry, sender_her) or next(iter(self.orgs.values()), None)
+        org = self.org_for(registry, sender_her) or (self.org(next(iter(self._keys))) if self._keys else None)
         if org is None:
             raise ProtectionError(FailureKind.OTHER, "this gateway has no signing key configured")
         certs = registry.certificates(receiver_her)
@@ -100,7 +116,9 @@ class Security:
             policy=self.policy(registry.protection(receiver_her)),
         )
 
-    def unprotect(self, registry: Registry, body: bytes, from_her: int | None) -> Unprotected:
+    def unprotect(
+        self, registry: Registry, body: bytes, from_her: int | None, to_her: int | None = None
+    ) -> Unprotected:
         """Decrypt with our keys, verify, and require a signer the registry holds for `from_her`."""
         if from_her is None or from_her not in registry:
             raise ProtectionError(
@@ -110,7 +128,7 @@ class Security:
         expected = list(certs.signing_certificates()) if certs else []
         return unprotect(
             body,
-            credentials=self._all_decryption,
+            credentials=self.decryption_credentials(registry, to_her),
             checker=self.checker,
             expected_signers=expected,
             policy=self.policy(registry.protection(from_her)),
