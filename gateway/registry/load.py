@@ -350,7 +350,9 @@ class _Parser:
             return str(value)
 
     def endpoint(self, her_id: int, value: Any) -> Endpoint | None:
-        value = self.table(her_id, "endpoint", value)
+        if not isinstance(value, dict):
+            self.table(her_id, "endpoint", value)
+            return None
         self.unknown_keys(her_id, "endpoint.", value, _ENDPOINT_KEYS)
         transport = self.enum(her_id, "endpoint.transport", value.get("transport"), Transport, required=True)
         gateway, address = value.get("gateway"), value.get("address")
@@ -394,6 +396,9 @@ class _Parser:
                 self.problem(
                     her_id, "certificates", "give either dir or the files (sign, enc, ...), not both"
                 )
+                return None
+            if not isinstance(value["dir"], str) or not value["dir"]:
+                self.problem(her_id, "certificates.dir", "must be a directory path")
                 return None
             base = Path(value["dir"])
             paths = {slot: base / f"{slot}.pem" for slot in _CERT_SLOTS}
