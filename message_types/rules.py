@@ -79,9 +79,10 @@ def check_message(
         content_family = message.content_kind.family if message.content_kind else None
         rule = CONTENT_RULES.get(message.msg_type)
         if content_family in PATIENT_FAMILIES or (rule and rule.family in PATIENT_FAMILIES):
-            problems += check_patient(
-                message.patient, _find(root, "mh:MsgInfo/mh:Patient") or _find(root, "mh:MsgInfo")
-            )
+            patient_el = _find(root, "mh:MsgInfo/mh:Patient")
+            if patient_el is None:
+                patient_el = _find(root, "mh:MsgInfo")
+            problems += check_patient(message.patient, patient_el)
     return problems
 
 

@@ -8,5 +8,6 @@ the list as data lets each feature own its command without editing a central dis
 COMMAND_MODULES = (
     "gateway.commands.validate",
     "gateway.commands.serve",
+    "gateway.commands.demo",
     "gateway.commands.registry",
 )
