@@ -30,10 +30,9 @@ MIG_VERSION = "v1.2 2006-05-24"
 def _text(element: etree._Element | None, tag: str) -> str | None:
     if element is None:
         return None
-    child = element.find(_P + tag)
-    if child is None or child.text is None:
-        return None
-    return child.text.strip()
+    # findtext runs in C; this reader is on the hot path of every message.
+    value = element.findtext(_P + tag)
+    return value.strip() if value else None
 
 
 def _attr(element: etree._Element | None, tag: str, attr: str = "V") -> str | None:
@@ -43,10 +42,19 @@ def _attr(element: etree._Element | None, tag: str, attr: str = "V") -> str | No
     return None if child is None else child.get(attr)
 
 
+_ID, _TYPE_ID, _IDENT = _P + "Id", _P + "TypeId", _P + "Ident"
+
+
 def _idents(element: etree._Element) -> tuple[Ident, ...]:
-    return tuple(
-        Ident((_text(i, "Id") or ""), (_attr(i, "TypeId") or "")) for i in element.iterfind(_P + "Ident")
-    )
+    out = []
+    for ident in element.iterfind(_IDENT):
+        type_id = ident.find(_TYPE_ID)
+        out.append(
+            Ident(
+                (ident.findtext(_ID) or "").strip(), (type_id.get("V") if type_id is not None else "") or ""
+            )
+        )
+    return tuple(out)
 
 
 def _person_name(element: etree._Element) -> str:

@@ -7,6 +7,7 @@ send back, so validation and AppRec generation speak the same language.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -34,6 +35,7 @@ def is_uuid(value: str) -> bool:
 
 
 def _where(element: etree._Element | None) -> dict:
+    """Line and readable path of an element; only computed when a problem is reported."""
     if element is None:
         return {}
     return {"line": element.sourceline, "path": readable_path(element)}
@@ -87,6 +89,8 @@ def check_message(
 
 
 def _check_msg_type(message: Message, root: etree._Element) -> list[Problem]:
+    if message.msg_type in MESSAGE_FUNCTION and message.msg_type not in _OBSOLETE_TYPES:
+        return []
     where = _where(_find(root, "mh:MsgInfo/mh:Type"))
     if message.msg_type not in MESSAGE_FUNCTION:
         return [
@@ -96,9 +100,7 @@ def _check_msg_type(message: Message, root: etree._Element) -> list[Problem]:
                 **where,
             )
         ]
-    if message.msg_type in _OBSOLETE_TYPES:
-        return [Problem(ErrorCode.X99, _OBSOLETE_TYPES[message.msg_type], Severity.WARNING, **where)]
-    return []
+    return [Problem(ErrorCode.X99, _OBSOLETE_TYPES[message.msg_type], Severity.WARNING, **where)]
 
 
 def _check_gen_date(value: str, element, now: datetime | None, tolerance: timedelta) -> list[Problem]:
@@ -147,11 +149,22 @@ def _her_elements(root: etree._Element, family: Family):
 
 def _check_her_ids(root: etree._Element, family: Family, message: Message) -> list[Problem]:
     problems = []
-    for value, element in _her_elements(root, family):
-        if not (value.isdigit() and int(value) > 0):
-            problems.append(
-                Problem(ErrorCode.X99, f"HER-id {value!r} is not a positive whole number", **_where(element))
-            )
+    addresses = [message.sender, message.receiver, *(c.address for c in message.copies)]
+    bad = {
+        her
+        for address in addresses
+        for level in address.levels
+        for ident in level.idents
+        if ident.type == "HER" and not ((her := ident.id).isdigit() and int(her) > 0)
+    }
+    if bad:
+        for value, element in _her_elements(root, family):
+            if value in bad:
+                problems.append(
+                    Problem(
+                        ErrorCode.X99, f"HER-id {value!r} is not a positive whole number", **_where(element)
+                    )
+                )
     sender, receiver = message.sender.her_id, message.receiver.her_id
     if sender is not None and sender == receiver:
         problems.append(
@@ -166,23 +179,22 @@ def _check_her_ids(root: etree._Element, family: Family, message: Message) -> li
 
 def _check_apprec_status(message: Message, root: etree._Element, ns: str) -> list[Problem]:
     info = message.apprec
-    where = _where(root.find(ns + "Status"))
+    problems = _apprec_status_problems(info)
+    return [replace(p, **_where(root.find(ns + "Status"))) for p in problems]
+
+
+def _apprec_status_problems(info) -> list[Problem]:
     if info.status == AppRecStatus.OK and info.errors:
-        return [Problem(ErrorCode.X99, "AppRec status 1 (OK) must not carry errors (HIS 80415)", **where)]
+        return [Problem(ErrorCode.X99, "AppRec status 1 (OK) must not carry errors (HIS 80415)")]
     if info.status in (AppRecStatus.REJECTED, AppRecStatus.OK_ERROR_IN_PART) and not info.errors:
         return [
             Problem(
                 ErrorCode.X99,
                 f"AppRec status {info.status.value} needs at least one Error (HIS 80415)",
-                **where,
             )
         ]
     if not isinstance(info.status, AppRecStatus):
-        return [
-            Problem(
-                ErrorCode.X99, f"AppRec status {info.status!r} is not in code list 8258 (1, 2 or 3)", **where
-            )
-        ]
+        return [Problem(ErrorCode.X99, f"AppRec status {info.status!r} is not in code list 8258 (1, 2 or 3)")]
     return []
 
 
@@ -192,7 +204,6 @@ def _check_content(message: Message, root: etree._Element) -> list[Problem]:
     if rule is None or main is None:
         return []
     content = _main_content(root)
-    where = _where(content if content is not None else _find(root, "mh:Document"))
     kind = message.content_kind
     expected = f"{rule.family.value} <{'/'.join(rule.roots)}>"
     if kind is None or kind.family != rule.family or main.content_root not in rule.roots:
@@ -201,7 +212,7 @@ def _check_content(message: Message, root: etree._Element) -> list[Problem]:
             Problem(
                 ErrorCode.T99,
                 f"MsgInfo/Type {message.msg_type} needs {expected} as content, but the document holds {found}",
-                **where,
+                **_where(content if content is not None else _find(root, "mh:Document")),
             )
         ]
     if rule.child is not None and content.find("{" + kind.namespace + "}" + rule.child) is None:
@@ -217,7 +228,7 @@ def _check_content(message: Message, root: etree._Element) -> list[Problem]:
             Problem(
                 ErrorCode.T99,
                 f"MsgInfo/Type {message.msg_type} needs <{rule.child}> in {main.content_root}, but it holds <{present}>",
-                **where,
+                **_where(content),
             )
         ]
     if rule.type_innhold:
@@ -247,19 +258,22 @@ def check_patient(patient: Patient | None, element: etree._Element | None) -> li
     Sufficient: name and fødselsnummer, name and D-nummer, name and felles hjelpenummer,
     or name with date of birth and sex.
     """
+    problems = _patient_problems(patient)
+    if not problems:
+        return problems
     where = _where(element)
+    return [replace(p, **where) for p in problems]
+
+
+def _patient_problems(patient: Patient | None) -> list[Problem]:
     if patient is None:
-        return [
-            Problem(ErrorCode.E36, "the message identifies no patient (MsgInfo/Patient is missing)", **where)
-        ]
+        return [Problem(ErrorCode.E36, "the message identifies no patient (MsgInfo/Patient is missing)")]
     ids = [i for i in patient.idents if i.id.strip()]
     if not patient.has_name and not ids:
-        return [Problem(ErrorCode.E36, "the patient has neither a name nor an identifier", **where)]
+        return [Problem(ErrorCode.E36, "the patient has neither a name nor an identifier")]
     problems = []
     if not patient.has_name:
-        problems.append(
-            Problem(ErrorCode.E32, "the patient's name is missing (FamilyName/GivenName)", **where)
-        )
+        problems.append(Problem(ErrorCode.E32, "the patient's name is missing (FamilyName/GivenName)"))
     national = [i for i in ids if i.type in ("FNR", "DNR")]
     for ident in national:
         label = "fødselsnummer" if ident.type == "FNR" else "D-nummer"
@@ -267,7 +281,7 @@ def check_patient(patient: Patient | None, element: etree._Element | None) -> li
             fodselsnummer.validate(ident.id)
         except ValidationError as exc:
             problems.append(
-                Problem(ErrorCode.E31, f"the patient's {label} is not valid: {_stdnum_reason(exc)}", **where)
+                Problem(ErrorCode.E31, f"the patient's {label} is not valid: {_stdnum_reason(exc)}")
             )
     has_number = bool(national) or any(i.type == "FHN" for i in ids)
     if patient.has_name and not has_number and not (patient.date_of_birth and patient.sex):
@@ -276,7 +290,6 @@ def check_patient(patient: Patient | None, element: etree._Element | None) -> li
                 ErrorCode.E30,
                 "the patient has no fødselsnummer, D-nummer or felles hjelpenummer, and not both date of birth "
                 "and sex, so cannot be identified",
-                **where,
             )
         )
     return problems
