@@ -27,7 +27,7 @@ from gateway.lifecycle import (
 )
 from gateway.protection.errors import ProtectionError
 from gateway.registry import Registry
-from gateway.routing import Decision, LocalEndpoint, Route, Router
+from gateway.routing import Decision, LocalEndpoint, Route, Router, build_router
 from gateway.security import Security
 from gateway.store import (
     Change,
@@ -103,17 +103,7 @@ class Pipeline:
     def router(self) -> Router:
         registry = self.registry()
         if self._router is None or self._router[0] is not registry:
-            d = self.config.delivery
-            fifo = frozenset(h for h, o in d.overrides.items() if o.get("fifo"))
-            router = Router(
-                registry,
-                gateway_name=self.config.name,
-                gateway_urls=self.config.gateways,
-                local_systems=self.local_systems,
-                fifo_receivers=fifo,
-                fifo_all=d.fifo,
-            )
-            self._router = (registry, router)
+            self._router = (registry, build_router(self.config, registry, self.local_systems))
         return self._router[1]
 
     async def _validate(self, data: bytes) -> ValidationResult:
@@ -511,7 +501,7 @@ class Pipeline:
                 return PeerReceipt(False, 403, f"abuse:spoofing-attack: {spoof.message}")
         decision = None
         if message is not None and not problems:
-            decision = self.router().route(message)
+            decision = self.router().route(message, inbound=True)
             problems += decision.problems
             for route in decision.routes:
                 if not route.local:
