@@ -22,6 +22,16 @@ GATEWAYS = ("hospital", "municipal")
 DEMO_RETRY = '["10s", "30s", "2m", "10m"]'
 
 
+def system_folder(directory: Path, her_id: int) -> Path:
+    """Where the local system of level-1 party `her_id` keeps its out/ and in/ folders."""
+    return directory / "systems" / str(her_id)
+
+
+def peer_urls(base_port: int = 8080) -> dict[str, str]:
+    """Each demo gateway's inbound URL for its peers: hospital on `base_port`, municipal on +1."""
+    return {g: f"https://127.0.0.1:{base_port + i}/peer/v1/messages" for i, g in enumerate(GATEWAYS)}
+
+
 @dataclass(frozen=True)
 class DemoSystem:
     her_id: int
@@ -41,7 +51,7 @@ def systems_of(directory: Path) -> list[DemoSystem]:
                 f"{party.name} EPJ",
                 "hospital",
                 "hospital",
-                directory / "systems" / str(party.her_id),
+                system_folder(directory, party.her_id),
             )
         )
     for party in registry.by_category(Category.MUNICIPALITY):
@@ -51,7 +61,7 @@ def systems_of(directory: Path) -> list[DemoSystem]:
                 f"{party.name} pleie- og omsorgssystem",
                 "municipal",
                 "municipality",
-                directory / "systems" / str(party.her_id),
+                system_folder(directory, party.her_id),
             )
         )
     for party in registry.by_category(Category.GP_OFFICE):
@@ -61,7 +71,7 @@ def systems_of(directory: Path) -> list[DemoSystem]:
                 f"{party.name} journalsystem",
                 "municipal",
                 "gp-office",
-                directory / "systems" / str(party.her_id),
+                system_folder(directory, party.her_id),
             )
         )
     return out
@@ -120,7 +130,7 @@ def _config_text(directory: Path, name: str, port: int, base_port: int, systems:
         'cert_dir = "pki"',
         "",
         "[gateways]",
-        *(f'{g} = "https://127.0.0.1:{base_port + i}/peer/v1/messages"' for i, g in enumerate(GATEWAYS)),
+        *(f'{g} = "{url}"' for g, url in peer_urls(base_port).items()),
         "",
         "[tls]",
         f'cert = "tls/{name}.pem"',
