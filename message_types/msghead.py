@@ -30,7 +30,6 @@ MIG_VERSION = "v1.2 2006-05-24"
 def _text(element: etree._Element | None, tag: str) -> str | None:
     if element is None:
         return None
-    # findtext runs in C; this reader is on the hot path of every message.
     value = element.findtext(_P + tag)
     return value.strip() if value else None
 
@@ -42,127 +41,240 @@ def _attr(element: etree._Element | None, tag: str, attr: str = "V") -> str | No
     return None if child is None else child.get(attr)
 
 
-_ID, _TYPE_ID, _IDENT = _P + "Id", _P + "TypeId", _P + "Ident"
+# The reader below visits each element once, iterating children directly: lxml's find() goes
+# through a Python ElementPath implementation, which made reading cost more than validating.
+(
+    _MSGINFO,
+    _DOCUMENT,
+    _TYPE,
+    _MIG,
+    _GENDATE,
+    _MSGID,
+    _CONVREF,
+    _PARENT,
+    _CONVERSATION,
+    _SENDER,
+    _RECEIVER,
+    _OTHER,
+    _PATIENT,
+    _ORG,
+    _ORGNAME,
+    _IDENT,
+    _ID,
+    _TYPEID,
+    _HCP,
+    _ROLE,
+    _PERSON,
+    _FAMILY,
+    _MIDDLE,
+    _GIVEN,
+    _BIRTH,
+    _SEX,
+    _CONNECTION,
+    _REFDOC,
+    _MSGTYPE,
+    _MIME,
+    _DESCRIPTION,
+    _CONTENT,
+    _FILEREF,
+) = (
+    _P + t
+    for t in ["MsgInfo", "Document", "Type", "MIGversion", "GenDate", "MsgId", "ConversationRef", "RefToParent", "RefToConversation", "Sender", "Receiver", "OtherReceiver", "Patient", "Organisation", "OrganisationName", "Ident", "Id", "TypeId", "HealthcareProfessional", "RoleReceiver", "Person", "FamilyName", "MiddleName", "GivenName", "DateOfBirth", "Sex", "DocumentConnection", "RefDoc", "MsgType", "MimeType", "Description", "Content", "FileReference"]
+)
 
 
-def _idents(element: etree._Element) -> tuple[Ident, ...]:
-    out = []
-    for ident in element.iterfind(_IDENT):
-        type_id = ident.find(_TYPE_ID)
-        out.append(
-            Ident(
-                (ident.findtext(_ID) or "").strip(), (type_id.get("V") if type_id is not None else "") or ""
-            )
-        )
-    return tuple(out)
+def _strip(text: str | None) -> str | None:
+    return text.strip() if text else None
 
 
-def _person_name(element: etree._Element) -> str:
-    parts = (_text(element, "GivenName"), _text(element, "MiddleName"), _text(element, "FamilyName"))
-    return " ".join(p for p in parts if p)
+def _ident(element: etree._Element) -> Ident:
+    value, type_ = "", ""
+    for child in element:
+        tag = child.tag
+        if tag == _ID:
+            value = (child.text or "").strip()
+        elif tag == _TYPEID:
+            type_ = child.get("V") or ""
+    return Ident(value, type_)
+
+
+def _person(element: etree._Element) -> tuple[dict, tuple[Ident, ...]]:
+    fields: dict = {}
+    idents = []
+    for child in element:
+        tag = child.tag
+        if tag == _IDENT:
+            idents.append(_ident(child))
+        elif tag == _FAMILY:
+            fields["family_name"] = _strip(child.text)
+        elif tag == _GIVEN:
+            fields["given_name"] = _strip(child.text)
+        elif tag == _MIDDLE:
+            fields["middle_name"] = _strip(child.text)
+        elif tag == _BIRTH:
+            fields["date_of_birth"] = _strip(child.text)
+        elif tag == _SEX:
+            fields["sex"] = child.get("V")
+    return fields, tuple(idents)
+
+
+def _person_level(element: etree._Element) -> PartyLevel:
+    fields, idents = _person(element)
+    parts = (fields.get("given_name"), fields.get("middle_name"), fields.get("family_name"))
+    return PartyLevel(" ".join(p for p in parts if p), LevelKind.PERSON, idents)
 
 
 def read_address(org: etree._Element | None) -> Address:
     """Organisation chain with the HER-id at every level (service-based addressing, HIS 1153)."""
     levels: list[PartyLevel] = []
     node = org
-    depth = 0
     while node is not None:
-        kind = LevelKind.ORGANISATION if depth == 0 else LevelKind.SERVICE
-        levels.append(PartyLevel(_text(node, "OrganisationName") or "", kind, _idents(node)))
-        hcp = node.find(_P + "HealthcareProfessional")
-        if hcp is not None:
-            levels.append(PartyLevel(_person_name(hcp), LevelKind.PERSON, _idents(hcp)))
-        node = node.find(_P + "Organisation")
-        depth += 1
+        name, idents, nested, person = "", [], None, None
+        for child in node:
+            tag = child.tag
+            if tag == _IDENT:
+                idents.append(_ident(child))
+            elif tag == _ORGNAME:
+                name = (child.text or "").strip()
+            elif tag == _ORG:
+                nested = child
+            elif tag == _HCP:
+                person = child
+        kind = LevelKind.ORGANISATION if not levels else LevelKind.SERVICE
+        levels.append(PartyLevel(name, kind, tuple(idents)))
+        if person is not None:
+            levels.append(_person_level(person))
+        node = nested
     return Address(tuple(levels))
 
 
 def _read_other_receiver(element: etree._Element) -> CopyReceiver:
-    role = _attr(element, "RoleReceiver") or ""
-    org = element.find(_P + "Organisation")
-    if org is not None:
-        return CopyReceiver(role, read_address(org))
-    for tag in ("HealthcareProfessional", "Person", "Patient"):
-        person = element.find(_P + tag)
-        if person is not None:
-            return CopyReceiver(
-                role, Address((PartyLevel(_person_name(person), LevelKind.PERSON, _idents(person)),))
+    role, address = "", Address(())
+    for child in element:
+        tag = child.tag
+        if tag == _ROLE:
+            role = child.get("V") or ""
+        elif tag == _ORG:
+            address = read_address(child)
+        elif isinstance(tag, str) and tag.endswith(("HealthcareProfessional", "Person", "Patient")):
+            # Person is of a felleskomponent1 type, so its children may be in another namespace.
+            name = " ".join(
+                (c.text or "").strip()
+                for c in child
+                if isinstance(c.tag, str) and c.tag.endswith("Name") and c.text
             )
-    return CopyReceiver(role, Address(()))
+            address = Address((PartyLevel(name, LevelKind.PERSON, _idents_any(child)),))
+    return CopyReceiver(role, address)
+
+
+def _idents_any(element: etree._Element) -> tuple[Ident, ...]:
+    out = []
+    for child in element:
+        if isinstance(child.tag, str) and child.tag.endswith("}Ident"):
+            value = (
+                next((c.text for c in child if isinstance(c.tag, str) and c.tag.endswith("}Id")), "") or ""
+            )
+            type_ = next(
+                (c.get("V") for c in child if isinstance(c.tag, str) and c.tag.endswith("}TypeId")), ""
+            )
+            out.append(Ident(value.strip(), type_ or ""))
+    return tuple(out)
 
 
 def read_patient(element: etree._Element | None) -> Patient | None:
     if element is None:
         return None
-    return Patient(
-        family_name=_text(element, "FamilyName"),
-        middle_name=_text(element, "MiddleName"),
-        given_name=_text(element, "GivenName"),
-        date_of_birth=_text(element, "DateOfBirth"),
-        sex=_attr(element, "Sex"),
-        idents=_idents(element),
-    )
+    fields, idents = _person(element)
+    return Patient(idents=idents, **fields)
 
 
 def _read_document(element: etree._Element) -> Document:
-    ref = element.find(_P + "RefDoc")
-    content_ns = content_root = None
-    if ref is not None:
-        content = ref.find(_P + "Content")
-        if content is not None:
-            first = next((c for c in content if isinstance(c.tag, str)), None)
-            if first is not None:
-                qname = etree.QName(first)
-                content_ns, content_root = qname.namespace, qname.localname
-    return Document(
-        connection=_attr(element, "DocumentConnection"),
-        msg_type=_attr(ref, "MsgType") or "",
-        mime_type=_text(ref, "MimeType"),
-        description=_text(ref, "Description"),
-        content_namespace=content_ns,
-        content_root=content_root,
-        file_reference=_text(ref, "FileReference"),
-    )
+    connection = msg_type = mime = description = file_ref = content_ns = content_root = None
+    for child in element:
+        tag = child.tag
+        if tag == _CONNECTION:
+            connection = child.get("V")
+        elif tag == _REFDOC:
+            for ref in child:
+                rtag = ref.tag
+                if rtag == _MSGTYPE:
+                    msg_type = ref.get("V")
+                elif rtag == _CONTENT:
+                    for first in ref:
+                        if isinstance(first.tag, str):
+                            qname = etree.QName(first)
+                            content_ns, content_root = qname.namespace, qname.localname
+                            break
+                elif rtag == _MIME:
+                    mime = _strip(ref.text)
+                elif rtag == _DESCRIPTION:
+                    description = _strip(ref.text)
+                elif rtag == _FILEREF:
+                    file_ref = _strip(ref.text)
+    return Document(connection, msg_type or "", mime, description, content_ns, content_root, file_ref)
 
 
 def content_element(root: etree._Element) -> etree._Element | None:
     """The business document inside the first main Document's RefDoc/Content."""
-    for doc in root.iterfind(_P + "Document"):
+    for doc in root.iterchildren(_DOCUMENT):
         if _attr(doc, "DocumentConnection") == "V":
             continue
-        content = doc.find(f"{_P}RefDoc/{_P}Content")
-        if content is not None:
-            return next((c for c in content if isinstance(c.tag, str)), None)
+        for ref in doc.iterchildren(_REFDOC):
+            for content in ref.iterchildren(_CONTENT):
+                return next((c for c in content if isinstance(c.tag, str)), None)
     return None
 
 
 def read_msghead(root: etree._Element, kind: DocumentKind) -> Message:
-    info = root.find(_P + "MsgInfo")
-    msg_type = _attr(info, "Type") or ""
-    conv = info.find(_P + "ConversationRef") if info is not None else None
-    sender = info.find(f"{_P}Sender/{_P}Organisation") if info is not None else None
-    receiver = info.find(f"{_P}Receiver/{_P}Organisation") if info is not None else None
-    documents = tuple(_read_document(d) for d in root.iterfind(_P + "Document"))
+    msg_type = type_text = gen_date = msg_id = mig = None
+    sender = receiver = patient = conversation = None
+    copies, documents = [], []
+    for part in root:
+        ptag = part.tag
+        if ptag == _DOCUMENT:
+            documents.append(_read_document(part))
+        elif ptag != _MSGINFO:
+            continue
+        for child in part:
+            tag = child.tag
+            if tag == _TYPE:
+                msg_type, type_text = child.get("V") or "", child.get("DN")
+            elif tag == _MSGID:
+                msg_id = child.text
+            elif tag == _GENDATE:
+                gen_date = child.text
+            elif tag == _MIG:
+                mig = child.text
+            elif tag == _SENDER:
+                sender = read_address(next(child.iterchildren(_ORG), None))
+            elif tag == _RECEIVER:
+                receiver = read_address(next(child.iterchildren(_ORG), None))
+            elif tag == _OTHER:
+                copies.append(_read_other_receiver(child))
+            elif tag == _PATIENT:
+                patient = read_patient(child)
+            elif tag == _CONVREF:
+                parent = next(child.iterchildren(_PARENT), None)
+                conv = next(child.iterchildren(_CONVERSATION), None)
+                conversation = ConversationRef(
+                    _strip(parent.text if parent is not None else None) or "",
+                    _strip(conv.text if conv is not None else None) or "",
+                )
+    documents = tuple(documents)
     main = next((d for d in documents if not d.is_attachment), None)
+    msg_type = msg_type or ""
     return Message(
         kind=kind,
-        msg_id=_text(info, "MsgId") or "",
+        msg_id=_strip(msg_id) or "",
         msg_type=msg_type,
-        msg_type_text=_attr(info, "Type", "DN") or MESSAGE_FUNCTION.text(msg_type),
-        gen_date=_text(info, "GenDate") or "",
-        mig_version=_text(info, "MIGversion"),
-        sender=read_address(sender),
-        receiver=read_address(receiver),
-        copies=tuple(_read_other_receiver(o) for o in info.iterfind(_P + "OtherReceiver"))
-        if info is not None
-        else (),
-        patient=read_patient(info.find(_P + "Patient") if info is not None else None),
-        conversation=(
-            ConversationRef(_text(conv, "RefToParent") or "", _text(conv, "RefToConversation") or "")
-            if conv is not None
-            else None
-        ),
+        msg_type_text=type_text or MESSAGE_FUNCTION.text(msg_type),
+        gen_date=_strip(gen_date) or "",
+        mig_version=_strip(mig),
+        sender=sender or Address(()),
+        receiver=receiver or Address(()),
+        copies=tuple(copies),
+        patient=patient,
+        conversation=conversation,
         documents=documents,
         content_kind=kind_of(main.content_namespace) if main else None,
     )
