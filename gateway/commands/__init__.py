@@ -10,4 +10,5 @@ COMMAND_MODULES = (
     "gateway.commands.serve",
     "gateway.commands.demo",
     "gateway.commands.registry",
+    "gateway.commands.route",
 )
