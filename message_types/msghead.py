@@ -79,7 +79,41 @@ def _attr(element: etree._Element | None, tag: str, attr: str = "V") -> str | No
     _FILEREF,
 ) = (
     _P + t
-    for t in ["MsgInfo", "Document", "Type", "MIGversion", "GenDate", "MsgId", "ConversationRef", "RefToParent", "RefToConversation", "Sender", "Receiver", "OtherReceiver", "Patient", "Organisation", "OrganisationName", "Ident", "Id", "TypeId", "HealthcareProfessional", "RoleReceiver", "Person", "FamilyName", "MiddleName", "GivenName", "DateOfBirth", "Sex", "DocumentConnection", "RefDoc", "MsgType", "MimeType", "Description", "Content", "FileReference"]
+    for t in [
+        "MsgInfo",
+        "Document",
+        "Type",
+        "MIGversion",
+        "GenDate",
+        "MsgId",
+        "ConversationRef",
+        "RefToParent",
+        "RefToConversation",
+        "Sender",
+        "Receiver",
+        "OtherReceiver",
+        "Patient",
+        "Organisation",
+        "OrganisationName",
+        "Ident",
+        "Id",
+        "TypeId",
+        "HealthcareProfessional",
+        "RoleReceiver",
+        "Person",
+        "FamilyName",
+        "MiddleName",
+        "GivenName",
+        "DateOfBirth",
+        "Sex",
+        "DocumentConnection",
+        "RefDoc",
+        "MsgType",
+        "MimeType",
+        "Description",
+        "Content",
+        "FileReference",
+    ]
 )
 
 

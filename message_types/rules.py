@@ -7,6 +7,7 @@ send back, so validation and AppRec generation speak the same language.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -17,7 +18,7 @@ from stdnum.no import fodselsnummer
 
 from message_types.codes import MESSAGE_FUNCTION, AppRecStatus, ErrorCode
 from message_types.kinds import CONTENT_RULES, MSGHEAD_NS, PATIENT_FAMILIES, Family
-from message_types.model import Address, Message, Patient
+from message_types.model import Address, Message, Patient, parse_datetime
 from message_types.problems import Problem, Severity
 from message_types.xmlparse import readable_path
 
@@ -59,10 +60,10 @@ def check_message(
         problems += _check_msg_type(message, root)
         if any(p.code == ErrorCode.T10 for p in problems):
             return problems  # an unknown message function makes the other rules meaningless
-        id_el, date_el = _find(root, "mh:MsgInfo/mh:MsgId"), _find(root, "mh:MsgInfo/mh:GenDate")
+        id_path, date_path = "mh:MsgInfo/mh:MsgId", "mh:MsgInfo/mh:GenDate"
     elif family == Family.APPREC:
         ns = "{" + message.kind.namespace + "}"
-        id_el, date_el = root.find(ns + "Id"), root.find(ns + "GenDate")
+        id_path, date_path = ns + "Id", ns + "GenDate"
         problems += _check_apprec_status(message, root, ns)
     else:
         return problems
@@ -71,10 +72,13 @@ def check_message(
             Problem(
                 ErrorCode.E10,
                 f"the message id {message.msg_id!r} is not a UUID (expected the form 8-4-4-4-12 hex digits)",
-                **_where(id_el),
+                **_where(_find(root, id_path)),
             )
         )
-    problems += _check_gen_date(message.gen_date, date_el, now, future_tolerance)
+    problems += [
+        replace(p, **_where(_find(root, date_path)))
+        for p in _check_gen_date(message.gen_date, now, future_tolerance)
+    ]
     problems += _check_her_ids(root, family, message)
     if family == Family.MSGHEAD:
         problems += _check_content(message, root)
@@ -103,22 +107,19 @@ def _check_msg_type(message: Message, root: etree._Element) -> list[Problem]:
     return [Problem(ErrorCode.X99, _OBSOLETE_TYPES[message.msg_type], Severity.WARNING, **where)]
 
 
-def _check_gen_date(value: str, element, now: datetime | None, tolerance: timedelta) -> list[Problem]:
-    from message_types.model import parse_datetime
-
+def _check_gen_date(value: str, now: datetime | None, tolerance: timedelta) -> list[Problem]:
     moment = parse_datetime(value)
     if moment is None:
         return []  # the schema already guarantees an xs:dateTime; nothing more to say
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=LOCAL_ZONE)
-    now = now or datetime.now(LOCAL_ZONE)
-    if moment - now > tolerance:
+    now_ts = now.timestamp() if now else time.time()
+    if moment.timestamp() - now_ts > tolerance.total_seconds():
         return [
             Problem(
                 ErrorCode.X99,
                 f"GenDate {value} lies in the future (more than {int(tolerance.total_seconds() // 60)} minutes "
                 "ahead of the gateway's clock); check the sending system's clock",
-                **_where(element),
             )
         ]
     return []
@@ -215,7 +216,10 @@ def _check_content(message: Message, root: etree._Element) -> list[Problem]:
                 **_where(content if content is not None else _find(root, "mh:Document")),
             )
         ]
-    if rule.child is not None and content.find("{" + kind.namespace + "}" + rule.child) is None:
+    if (
+        rule.child is not None
+        and next(content.iterchildren("{" + kind.namespace + "}" + rule.child), None) is None
+    ):
         present = next(
             (
                 etree.QName(c).localname
