@@ -6,7 +6,8 @@ import base64
 import binascii
 import email
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from asn1crypto import x509 as asn1_x509
@@ -14,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.protection.der import seq
 from gateway.protection.errors import CertificateInfo
 
 DER = serialization.Encoding.DER
@@ -32,6 +34,7 @@ class CertRecord:
     issuer_der: bytes
     serial: int
     ski: bytes | None
+    issuer_and_serial: bytes  # the CMS IssuerAndSerialNumber naming this certificate, encoded
     _info: list[CertificateInfo] = field(default_factory=list, repr=False)
 
     @property
@@ -73,10 +76,21 @@ def _build_record(der: bytes, cert: x509.Certificate | None) -> CertRecord:
         ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
         ski = None
-    return CertRecord(cert=cert, der=der, issuer_der=tbs["issuer"].dump(), serial=cert.serial_number, ski=ski)
+    issuer_der = tbs["issuer"].dump()
+    return CertRecord(
+        cert=cert,
+        der=der,
+        issuer_der=issuer_der,
+        serial=cert.serial_number,
+        ski=ski,
+        issuer_and_serial=seq(issuer_der, tbs["serial_number"].dump()),
+    )
 
 
 _CACHE = _RecordCache()
+# Serialising a certificate to look it up costs ~15 us; callers mostly pass the same objects again
+# (registry entries, trust anchors, chain members), so remember those by identity first.
+_BY_IDENTITY: dict[int, CertRecord] = {}
 
 
 def record_from_der(der: bytes) -> CertRecord:
@@ -84,7 +98,18 @@ def record_from_der(der: bytes) -> CertRecord:
 
 
 def record_of(cert: x509.Certificate) -> CertRecord:
-    return _CACHE.get(cert.public_bytes(DER), cert)
+    found = _BY_IDENTITY.get(id(cert))
+    if found is not None and found.cert is cert:
+        return found
+    record = _CACHE.get(cert.public_bytes(DER), cert)
+    if len(_BY_IDENTITY) >= 4096:
+        _BY_IDENTITY.clear()
+    # The record holds the certificate, so its id cannot be reused while this entry is cached...
+    # unless the record in the DER cache is for another object with the same DER; check `is`.
+    if record.cert is not cert:
+        record = replace(record, cert=cert, _info=[])
+    _BY_IDENTITY[id(cert)] = record
+    return record
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,9 +127,14 @@ class Credential:
         if self.key.public_key().public_numbers() != self.cert.public_key().public_numbers():
             raise ValueError(f"{self.source or 'key'}: private key does not belong to the certificate")
 
-    @property
+    @cached_property
     def record(self) -> CertRecord:
         return record_of(self.cert)
+
+    @cached_property
+    def certificates_der(self) -> tuple[bytes, ...]:
+        """Our certificate and its intermediates, as sent in SignedData."""
+        return tuple(c.public_bytes(DER) for c in (self.cert, *self.chain))
 
     @classmethod
     def load(cls, key_path: str | Path, cert_path: str | Path) -> Credential:

@@ -1,9 +1,8 @@
 """CMS EnvelopedData: encrypt for one recipient, decrypt with one of our keys.
 
-python-cryptography's builder is used where it can (AES-128/256 with RSA PKCS#1 v1.5); 3DES and
-AES-192 are assembled with asn1crypto. Decryption is written here for every cipher, because
-``pkcs7_decrypt_der`` refuses 3DES, AES-192, OAEP and key-id recipients, and one path means one
-failure behaviour. That path must not be a padding oracle (Bleichenbacher): any key that fails to
+The cryptography is python-cryptography's (RSA, AES, 3DES); the CMS framing is written and read
+here. Decryption is ours for every cipher, because ``pkcs7_decrypt_der`` refuses 3DES, AES-192,
+OAEP and key-id recipients, and one path means one failure behaviour. That path must not be a padding oracle (Bleichenbacher): any key that fails to
 unwrap is replaced by a random key of the right length (RFC 3218 section 2.3), so a bad wrapped key
 and a bad message fail at the same later point with the same error.
 """
@@ -14,15 +13,25 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asn1crypto import algos, cms, core
+from asn1crypto import algos
 from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import padding as sym_padding
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher as CipherContext
-from cryptography.hazmat.primitives.ciphers import algorithms, modes
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+from cryptography.hazmat.primitives.ciphers import modes
 
-from gateway.protection.algorithms import CIPHERS, CIPHERS_BY_ASN1, DIGESTS, Cipher, CipherSpec
+from gateway.protection import der
+from gateway.protection.algorithms import (
+    CIPHERS,
+    CIPHERS_BY_OID,
+    CONTENT_TYPE_NAMES,
+    DIGESTS,
+    ENVELOPED_DATA,
+    RSA_ENCRYPTION,
+    RSA_OAEP,
+    Cipher,
+    CipherSpec,
+)
 from gateway.protection.certs import CertRecord, Credential
 from gateway.protection.errors import FailureKind, ProtectionError
 from gateway.protection.policy import ProtectionPolicy
@@ -31,8 +40,6 @@ CANNOT_DECRYPT = (
     "the content could not be decrypted with the private key of our certificate "
     "(encrypted with another key, or the message is damaged)"
 )
-
-_BUILDER_CIPHERS = {Cipher.AES128: algorithms.AES128, Cipher.AES256: algorithms.AES256}
 
 
 @dataclass(frozen=True)
@@ -45,131 +52,154 @@ class Decrypted:
     legacy: tuple[str, ...]
 
 
+_RSA_PKCS1 = der.seq(der.oid("1.2.840.113549.1.1.1"), b"\x05\x00")
+_DATA = der.oid("1.2.840.113549.1.7.1")
+_ENVELOPED_DATA = der.oid("1.2.840.113549.1.7.3")
+_VERSION_0 = der.small_int(0)
+_CIPHER_OIDS = {cipher: der.oid(spec.oid) for cipher, spec in CIPHERS.items()}
+
+
 def encrypt(content: bytes, recipient: CertRecord, cipher: Cipher) -> bytes:
-    builder_cipher = _BUILDER_CIPHERS.get(cipher)
-    if builder_cipher is not None:
-        builder = (
-            pkcs7.PKCS7EnvelopeBuilder()
-            .set_data(content)
-            .add_recipient(recipient.cert)
-            .set_content_encryption_algorithm(builder_cipher)
-        )
-        # Binary: without it the builder turns LF into CRLF and the receiver gets other bytes.
-        return builder.encrypt(Encoding.DER, [pkcs7.PKCS7Options.Binary])
-    return _encrypt_asn1(content, recipient, CIPHERS[cipher])
+    """EnvelopedData (RFC 5652 section 6) for one recipient: RSA PKCS#1 v1.5 key transport, CBC.
 
-
-def _encrypt_asn1(content: bytes, recipient: CertRecord, spec: CipherSpec) -> bytes:
+    Written out directly rather than with PKCS7EnvelopeBuilder: the builder has no 3DES or AES-192,
+    and its overhead was a fifth of protect's budget (docs/security.md). Interop is tested against
+    openssl and against cryptography's own pkcs7_decrypt_der.
+    """
+    spec = CIPHERS[cipher]
     key = os.urandom(spec.key_length)
     iv = os.urandom(spec.block_bytes)
-    padder = sym_padding.PKCS7(spec.block_bytes * 8).padder()
-    padded = padder.update(content) + padder.finalize()
+    pad = spec.block_bytes - len(content) % spec.block_bytes
     encryptor = CipherContext(spec.factory(key), modes.CBC(iv)).encryptor()
-    encrypted = encryptor.update(padded) + encryptor.finalize()
-    wrapped = recipient.cert.public_key().encrypt(key, padding.PKCS1v15())  # type: ignore[union-attr]
-    recipient_info = cms.KeyTransRecipientInfo(
-        {
-            "version": "v0",
-            "rid": cms.RecipientIdentifier(
-                name="issuer_and_serial_number",
-                value=cms.IssuerAndSerialNumber(
-                    {"issuer": asn1_x509.Name.load(recipient.issuer_der), "serial_number": recipient.serial}
-                ),
-            ),
-            "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15", "parameters": core.Null()},
-            "encrypted_key": wrapped,
-        }
+    # PKCS#7 padding fed as a second update: no padded copy of the content.
+    encrypted = (encryptor.update(content), encryptor.update(bytes((pad,)) * pad), encryptor.finalize())
+    public_key = recipient.cert.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise ValueError("only RSA recipients are supported")
+    wrapped = public_key.encrypt(key, padding.PKCS1v15())
+    recipient_info = der.seq(_VERSION_0, recipient.issuer_and_serial, _RSA_PKCS1, der.octet_string(wrapped))
+    content_info = der.nest(
+        der.UNIVERSAL,
+        True,
+        der.SEQUENCE,
+        _DATA,
+        der.seq(_CIPHER_OIDS[cipher], der.octet_string(iv)),
+        der.nest(der.CONTEXT, False, 0, *encrypted),  # [0] IMPLICIT OCTET STRING
     )
-    enveloped = cms.EnvelopedData(
-        {
-            "version": "v0",
-            "recipient_infos": [cms.RecipientInfo(name="ktri", value=recipient_info)],
-            "encrypted_content_info": {
-                "content_type": "data",
-                "content_encryption_algorithm": {"algorithm": spec.asn1_name, "parameters": iv},
-                "encrypted_content": encrypted,
-            },
-        }
+    enveloped = der.nest(
+        der.UNIVERSAL, True, der.SEQUENCE, _VERSION_0, der.set_of(recipient_info), content_info
     )
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    return der.nest(
+        der.UNIVERSAL, True, der.SEQUENCE, _ENVELOPED_DATA, der.nest(der.CONTEXT, True, 0, enveloped)
+    ).encode()
+
+
+@dataclass(frozen=True)
+class _Recipient:
+    issuer_der: bytes | None
+    serial: int | None
+    ski: bytes | None
+    key_algorithm: der.Algorithm
+    encrypted_key: bytes
 
 
 @dataclass(frozen=True)
 class _Envelope:
-    recipients: list[cms.KeyTransRecipientInfo]
+    recipients: list[_Recipient]
     other_recipients: list[str]
-    cipher_name: str
-    iv: bytes | None
+    cipher: der.Algorithm
     encrypted: bytes | None
 
 
-def _parse(der: bytes) -> _Envelope:
+_OTHER_RECIPIENTS = {
+    1: "key agreement (kari)",
+    2: "key encryption key (kekri)",
+    3: "password (pwri)",
+    4: "other",
+}
+
+
+def _parse(data: bytes) -> _Envelope:
     try:
-        info = cms.ContentInfo.load(der)
-        content_type = info["content_type"].native
-        if content_type != "enveloped_data":
-            raise ProtectionError(
-                FailureKind.MALFORMED, f"expected CMS enveloped-data, got {content_type or 'no content type'}"
-            )
-        enveloped = info["content"]
-        recipients, others = [], []
-        for recipient in enveloped["recipient_infos"]:
-            if recipient.name == "ktri":
-                recipients.append(recipient.chosen)
-            else:
-                others.append(recipient.name)
-        content_info = enveloped["encrypted_content_info"]
-        algorithm = content_info["content_encryption_algorithm"]
-        name = algorithm["algorithm"].native
-        iv = algorithm["parameters"].native if name in CIPHERS_BY_ASN1 else None
-        encrypted = content_info["encrypted_content"].native
-        return _Envelope(recipients, others, name, iv, encrypted)
+        return _parse_envelope(data)
     except ProtectionError:
         raise
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, IndexError) as exc:
         raise ProtectionError(FailureKind.MALFORMED, f"not a readable CMS message: {exc}") from None
+
+
+def _parse_envelope(data: bytes) -> _Envelope:
+    top = der.sequence(der.read(data), "ContentInfo")
+    content_type = der.expect(top[0], der.UNIVERSAL, der.OID, "ContentInfo.contentType")
+    if content_type.contents != ENVELOPED_DATA:
+        name = CONTENT_TYPE_NAMES.get(content_type.contents) or der.oid_text(content_type)
+        raise ProtectionError(FailureKind.MALFORMED, f"expected CMS enveloped-data, got {name}")
+    explicit = der.expect(top[1], der.CONTEXT, 0, "ContentInfo.content")
+    fields = der.sequence(explicit.children()[0], "EnvelopedData")
+    index = 1  # after the version
+    if fields[index].is_(der.CONTEXT, 0):
+        index += 1  # originatorInfo: only for key agreement, which we do not do
+    recipient_set = der.expect(fields[index], der.UNIVERSAL, der.SET, "recipientInfos")
+    recipients, others = [], []
+    for item in recipient_set.children():
+        if item.is_(der.UNIVERSAL, der.SEQUENCE):
+            recipients.append(_parse_ktri(item))
+        else:
+            others.append(_OTHER_RECIPIENTS.get(item.tag, f"[{item.tag}]"))
+    content_info = der.sequence(fields[index + 1], "EncryptedContentInfo")
+    cipher = der.algorithm(content_info[1], "contentEncryptionAlgorithm")
+    encrypted = None
+    if len(content_info) > 2 and content_info[2].is_(der.CONTEXT, 0):
+        encrypted = der.octets(content_info[2])
+    return _Envelope(recipients, others, cipher, encrypted)
+
+
+def _parse_ktri(item: der.Element) -> _Recipient:
+    parts = der.sequence(item, "KeyTransRecipientInfo")
+    rid = parts[1]
+    issuer = serial = ski = None
+    if rid.is_(der.UNIVERSAL, der.SEQUENCE):
+        issuer_element, serial_element = rid.children()
+        issuer, serial = issuer_element.encoded, der.integer(serial_element)
+    else:
+        ski = der.octets(der.expect(rid, der.CONTEXT, 0, "RecipientIdentifier"))
+    key_algorithm = der.algorithm(parts[2], "keyEncryptionAlgorithm")
+    encrypted_key = der.octets(der.expect(parts[3], der.UNIVERSAL, der.OCTET_STRING, "encryptedKey"))
+    return _Recipient(issuer, serial, ski, key_algorithm, encrypted_key)
 
 
 def _find_recipient(
     envelope: _Envelope, credentials: Sequence[Credential]
-) -> tuple[int, Credential, cms.KeyTransRecipientInfo]:
-    identities = []
-    for recipient in envelope.recipients:
-        rid = recipient["rid"]
-        if rid.name == "issuer_and_serial_number":
-            identities.append((rid.chosen["issuer"].dump(), rid.chosen["serial_number"].native, None))
-        else:
-            identities.append((None, None, rid.chosen.native))
+) -> tuple[int, Credential, _Recipient]:
     for index, credential in enumerate(credentials):
         record = credential.record
-        for recipient, (issuer, serial, ski) in zip(envelope.recipients, identities, strict=True):
-            if (issuer == record.issuer_der and serial == record.serial) or (
-                ski is not None and ski == record.ski
+        for recipient in envelope.recipients:
+            if (recipient.serial == record.serial and recipient.issuer_der == record.issuer_der) or (
+                recipient.ski is not None and recipient.ski == record.ski
             ):
                 return index, credential, recipient
-    raise ProtectionError(FailureKind.NOT_FOR_US, _not_for_us(envelope, identities, credentials))
+    raise ProtectionError(FailureKind.NOT_FOR_US, _not_for_us(envelope, credentials))
 
 
-def _not_for_us(envelope: _Envelope, identities: list, credentials: Sequence[Credential]) -> str:
+def _not_for_us(envelope: _Envelope, credentials: Sequence[Credential]) -> str:
     listed = []
-    for issuer, serial, ski in identities:
-        if issuer is not None:
-            listed.append(f"issuer={asn1_x509.Name.load(issuer).human_friendly!r} serial={serial:X}")
+    for recipient in envelope.recipients:
+        if recipient.issuer_der is not None:
+            issuer = asn1_x509.Name.load(recipient.issuer_der).human_friendly
+            listed.append(f"issuer={issuer!r} serial={recipient.serial:X}")
         else:
-            listed.append(f"subjectKeyIdentifier={ski.hex().upper()}")
+            listed.append(f"subjectKeyIdentifier={(recipient.ski or b'').hex().upper()}")
     listed += [f"a {name} recipient" for name in envelope.other_recipients]
     ours = "; ".join(str(c.record.info) for c in credentials) or "none configured"
     return f"message is encrypted for {', '.join(listed) or 'nobody'}; our decryption certificates: {ours}"
 
 
-def _key_transport(
-    recipient: cms.KeyTransRecipientInfo, policy: ProtectionPolicy
-) -> tuple[padding.AsymmetricPadding, str]:
-    algorithm = recipient["key_encryption_algorithm"]
-    name = algorithm["algorithm"].native
-    if name == "rsaes_pkcs1v15":
+def _key_transport(recipient: _Recipient, policy: ProtectionPolicy) -> tuple[padding.AsymmetricPadding, str]:
+    algorithm = recipient.key_algorithm
+    if algorithm.oid == RSA_ENCRYPTION:
         return padding.PKCS1v15(), "RSA-PKCS1v1.5"
-    if name != "rsaes_oaep":
+    if algorithm.oid != RSA_OAEP:
+        name = der.oid_text(algorithm.oid_element)
         raise ProtectionError(FailureKind.KEY_TRANSPORT_REFUSED, f"key transport {name} is not supported")
     if not policy.accept_oaep:
         raise ProtectionError(
@@ -177,36 +207,39 @@ def _key_transport(
             "RSA-OAEP key transport is not accepted from this partner (policy)",
         )
     try:
-        params = algorithm["parameters"]
-        if not isinstance(params, algos.RSAESOAEPParams):
-            params = algos.RSAESOAEPParams({})
-        digest = DIGESTS[params["hash_algorithm"]["algorithm"].native]
-        mgf = params["mask_gen_algorithm"]
-        mgf_digest = DIGESTS[mgf["parameters"]["algorithm"].native]
-        label = params["p_source_algorithm"]["parameters"].native or None
+        params = algorithm.parameters
+        if params is None or params.is_(der.UNIVERSAL, der.NULL):
+            oaep = algos.RSAESOAEPParams({})
+        else:
+            oaep = algos.RSAESOAEPParams.load(params.encoded)
+        digest = DIGESTS[oaep["hash_algorithm"]["algorithm"].native]
+        mgf_digest = DIGESTS[oaep["mask_gen_algorithm"]["parameters"]["algorithm"].native]
+        label = oaep["p_source_algorithm"]["parameters"].native or None
     except (KeyError, ValueError, TypeError) as exc:
         raise ProtectionError(
             FailureKind.KEY_TRANSPORT_REFUSED, f"unsupported RSA-OAEP parameters: {exc}"
         ) from None
-    oaep = padding.OAEP(mgf=padding.MGF1(mgf_digest.algorithm()), algorithm=digest.algorithm(), label=label)
-    return oaep, f"RSA-OAEP-{digest.label}"
+    pad = padding.OAEP(mgf=padding.MGF1(mgf_digest.algorithm()), algorithm=digest.algorithm(), label=label)
+    return pad, f"RSA-OAEP-{digest.label}"
 
 
-def decrypt(der: bytes, credentials: Sequence[Credential], policy: ProtectionPolicy) -> Decrypted:
-    envelope = _parse(der)
+def decrypt(data: bytes, credentials: Sequence[Credential], policy: ProtectionPolicy) -> Decrypted:
+    envelope = _parse(data)
     index, credential, recipient = _find_recipient(envelope, credentials)
-    spec = CIPHERS_BY_ASN1.get(envelope.cipher_name)
+    spec = CIPHERS_BY_OID.get(envelope.cipher.oid)
     if spec is None:
-        raise ProtectionError(
-            FailureKind.CIPHER_REFUSED, f"content encryption {envelope.cipher_name} is not supported"
-        )
+        name = der.oid_text(envelope.cipher.oid_element)
+        raise ProtectionError(FailureKind.CIPHER_REFUSED, f"content encryption {name} is not supported")
     if spec.cipher not in policy.accepted_ciphers:
         raise ProtectionError(
             FailureKind.CIPHER_REFUSED, f"{spec.label} is not accepted from this partner (policy)"
         )
     pad, key_transport = _key_transport(recipient, policy)
-    iv, encrypted = envelope.iv, envelope.encrypted
-    if iv is None or len(iv) != spec.block_bytes:
+    iv_element, encrypted = envelope.cipher.parameters, envelope.encrypted
+    if iv_element is None or not iv_element.is_(der.UNIVERSAL, der.OCTET_STRING):
+        raise ProtectionError(FailureKind.MALFORMED, f"{spec.label} parameters must be the IV")
+    iv = der.octets(iv_element)
+    if len(iv) != spec.block_bytes:
         raise ProtectionError(FailureKind.MALFORMED, f"{spec.label} needs a {spec.block_bytes}-byte IV")
     if not encrypted or len(encrypted) % spec.block_bytes:
         raise ProtectionError(FailureKind.MALFORMED, "encrypted content is missing or not whole blocks")
@@ -214,7 +247,7 @@ def decrypt(der: bytes, credentials: Sequence[Credential], policy: ProtectionPol
     # Drawn before unwrapping so both outcomes cost the same; see the module docstring.
     substitute = os.urandom(spec.key_length)
     try:
-        key = credential.key.decrypt(recipient["encrypted_key"].native, pad)
+        key = credential.key.decrypt(recipient.encrypted_key, pad)
     except ValueError:
         key = substitute
     if len(key) != spec.key_length:

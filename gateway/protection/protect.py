@@ -18,7 +18,7 @@ from gateway.protection.checks import CertificateChecker, Purpose, check_key_usa
 from gateway.protection.envelope import decrypt, encrypt
 from gateway.protection.errors import CertificateInfo, FailureKind, ProtectionError
 from gateway.protection.policy import DEFAULT_POLICY, ProtectionPolicy
-from gateway.protection.signed import content_of, parse_signed, sign, verify
+from gateway.protection.signed import parse_signed, sign, verify
 
 OUR_SIGNING = "our signing certificate"
 RECEIVER_ENCRYPTION = "the receiver's encryption certificate"
@@ -108,7 +108,7 @@ def unprotect(
         checked = checker.check_revocation(checked, policy=policy, at=at, source=source)
     except ProtectionError as exc:
         # The caller needs the (unverified) content to address an AppRec, and the algorithms for the log.
-        exc.content = content_of(signed)
+        exc.content = signed.content
         exc.algorithms = seen
         raise
     notes = checked.notes

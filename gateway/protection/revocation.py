@@ -156,7 +156,7 @@ class RevocationChecker:
         if urls is None:
             urls = self._urls[record.der] = crl_urls(record.cert)
         crls = self.source.crls(issuer, urls) if self.source is not None else ()
-        issuer_name = issuer.subject.rfc4514_string()
+        issuer_name = issuer_record.info.subject
         if not crls:
             where = f" (distribution points: {', '.join(urls)})" if urls else ""
             return RevocationAnswer(

@@ -1,4 +1,4 @@
-"""CMS SignedData: sign with python-cryptography, verify with asn1crypto parsing + cryptography RSA.
+"""CMS SignedData: RSA and hashes from python-cryptography, the CMS framing written and read here.
 
 cryptography has no public API to verify a CMS signature. Verification here is the RFC 5652
 section 5.4/5.6 procedure and nothing more: one signer, content embedded, message-digest attribute
@@ -8,19 +8,31 @@ content when there are none). Certificate checks are ``checks.py``'s job.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asn1crypto import cms, core
+from asn1crypto import algos
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from gateway.protection.algorithms import DIGESTS, DigestSpec
+from gateway.protection import der
+from gateway.protection.algorithms import (
+    ATTR_CONTENT_TYPE,
+    ATTR_MESSAGE_DIGEST,
+    DIGESTS,
+    DIGESTS_BY_OID,
+    RSA_ENCRYPTION,
+    RSA_WITH,
+    RSASSA_PSS,
+    SIGNED_DATA,
+    DigestSpec,
+)
 from gateway.protection.certs import CertRecord, Credential, record_from_der
 from gateway.protection.envelope import CANNOT_DECRYPT
 from gateway.protection.errors import FailureKind, ProtectionError
@@ -30,16 +42,57 @@ EMBEDDED = "embedded in the message"
 REGISTERED = "the address registry (expected signer certificates)"
 
 
-def sign(content: bytes, signer: Credential) -> bytes:
-    builder = (
-        pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(signer.cert, signer.key, hashes.SHA256())
+_DATA = der.oid("1.2.840.113549.1.7.1")
+_SIGNED_DATA = der.oid("1.2.840.113549.1.7.2")
+_VERSION_1 = der.small_int(1)
+_SHA256 = der.seq(der.oid(DIGESTS["sha256"].oid))
+_RSA_PKCS1 = der.seq(der.oid("1.2.840.113549.1.1.1"), b"\x05\x00")
+_ATTR_CONTENT_TYPE = der.seq(der.oid("1.2.840.113549.1.9.3"), der.set_of(_DATA))
+_ATTR_MESSAGE_DIGEST = der.oid("1.2.840.113549.1.9.4")
+_ATTR_SIGNING_TIME = der.oid("1.2.840.113549.1.9.5")
+
+
+def sign(content: bytes, signer: Credential, at: dt.datetime | None = None) -> bytes:
+    """SignedData (RFC 5652 section 5): content embedded, SHA-256, RSA PKCS#1 v1.5, signed attributes
+    content-type, signing-time and message-digest, our certificate (and intermediates) included.
+
+    Written out directly rather than with PKCS7SignatureBuilder, whose overhead was a third of
+    protect's budget (docs/security.md); the bytes are checked by openssl cms -verify in the tests.
+    """
+    attrs = der.set_of(
+        _ATTR_CONTENT_TYPE,
+        der.seq(_ATTR_SIGNING_TIME, der.set_of(der.time(at or dt.datetime.now(dt.UTC)))),
+        der.seq(_ATTR_MESSAGE_DIGEST, der.set_of(der.octet_string(hashlib.sha256(content).digest()))),
     )
-    # add_certificate() only after set_data()/add_signer(): those silently drop earlier certificates.
-    for cert in signer.chain:
-        builder = builder.add_certificate(cert)
-    # Binary keeps the bytes as they are (no LF to CRLF); SMIMECapabilities mean nothing to our peers.
-    options = [pkcs7.PKCS7Options.Binary, pkcs7.PKCS7Options.NoCapabilities]
-    return builder.sign(Encoding.DER, options)
+    signature = signer.key.sign(attrs, padding.PKCS1v15(), hashes.SHA256())
+    signer_info = der.seq(
+        _VERSION_1,
+        signer.record.issuer_and_serial,
+        _SHA256,
+        b"\xa0" + attrs[1:],  # the same SET, as [0] IMPLICIT
+        _RSA_PKCS1,
+        der.octet_string(signature),
+    )
+    content_info = der.nest(
+        der.UNIVERSAL,
+        True,
+        der.SEQUENCE,
+        _DATA,
+        der.nest(der.CONTEXT, True, 0, der.nest(der.UNIVERSAL, False, der.OCTET_STRING, content)),
+    )
+    signed = der.nest(
+        der.UNIVERSAL,
+        True,
+        der.SEQUENCE,
+        _VERSION_1,
+        der.set_of(_SHA256),
+        content_info,
+        der.emit(der.CONTEXT, True, 0, b"".join(sorted(signer.certificates_der))),
+        der.set_of(signer_info),
+    )
+    return der.nest(
+        der.UNIVERSAL, True, der.SEQUENCE, _SIGNED_DATA, der.nest(der.CONTEXT, True, 0, signed)
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -53,86 +106,119 @@ class Verified:
     legacy: tuple[str, ...]
 
 
-def parse_signed(plaintext: bytes) -> cms.SignedData:
+@dataclass(frozen=True)
+class SignedParts:
+    """The top level of a SignedData: enough to hand out the content before anything is verified."""
+
+    content_type: der.Element
+    content: bytes | None
+    certificates: list[bytes]
+    signer_infos: list[der.Element]
+
+
+def parse_signed(plaintext: bytes) -> SignedParts:
     """The decrypted SignedData. Failing to parse it is reported exactly like a failed decryption:
     after a substituted random key this is where the failure shows, and it must look the same."""
     try:
-        info = cms.ContentInfo.load(plaintext)
-        if info["content_type"].native != "signed_data":
+        top = der.sequence(der.read(plaintext), "ContentInfo")
+        if der.expect(top[0], der.UNIVERSAL, der.OID, "contentType").contents != SIGNED_DATA:
             raise ValueError("not signed-data")
-        signed = info["content"]
-        signed["signer_infos"]  # noqa: B018 - forces parsing of the structure's outer layers
-        return signed
-    except (ValueError, TypeError, KeyError):
+        fields = der.sequence(der.expect(top[1], der.CONTEXT, 0, "content").children()[0], "SignedData")
+        encap = der.sequence(fields[2], "EncapsulatedContentInfo")
+        content_type = der.expect(encap[0], der.UNIVERSAL, der.OID, "eContentType")
+        content = None
+        if len(encap) > 1:
+            wrapped = der.expect(encap[1], der.CONTEXT, 0, "eContent").children()[0]
+            content = der.octets(der.expect(wrapped, der.UNIVERSAL, der.OCTET_STRING, "eContent"))
+        certificates: list[bytes] = []
+        for item in fields[3:-1]:
+            if item.is_(der.CONTEXT, 0):
+                # Other CertificateChoices (attribute certificates...) are tagged; skip them.
+                certificates = [c.encoded for c in item.children() if c.is_(der.UNIVERSAL, der.SEQUENCE)]
+        signer_infos = der.expect(fields[-1], der.UNIVERSAL, der.SET, "signerInfos").children()
+        return SignedParts(content_type, content, certificates, signer_infos)
+    except (ValueError, TypeError, IndexError):
         raise ProtectionError(FailureKind.CANNOT_DECRYPT, CANNOT_DECRYPT) from None
 
 
-def content_of(signed: cms.SignedData) -> bytes | None:
-    """The embedded content, even before verification (an AppRec for a refused message needs it)."""
-    try:
-        content = signed["encap_content_info"]["content"]
-        if isinstance(content, core.Void):
-            return None
-        return content.native if isinstance(content.native, bytes) else content.contents
-    except (ValueError, TypeError, KeyError):
-        return None
-
-
-def verify(signed: cms.SignedData, policy: ProtectionPolicy, expected: Sequence[CertRecord]) -> Verified:
+def verify(signed: SignedParts, policy: ProtectionPolicy, expected: Sequence[CertRecord]) -> Verified:
     try:
         return _verify(signed, policy, expected)
     except ProtectionError:
         raise
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
         raise ProtectionError(FailureKind.SIGNATURE, f"signed data is malformed: {exc}") from None
 
 
-def _verify(signed: cms.SignedData, policy: ProtectionPolicy, expected: Sequence[CertRecord]) -> Verified:
-    content = content_of(signed)
+@dataclass(frozen=True)
+class _SignerInfo:
+    issuer_der: bytes | None
+    serial: int | None
+    ski: bytes | None
+    digest: der.Algorithm
+    signed_attrs: der.Element | None
+    signature_algorithm: der.Algorithm
+    signature: bytes
+
+
+def _signer_info(element: der.Element) -> _SignerInfo:
+    parts = der.sequence(element, "SignerInfo")
+    sid = parts[1]
+    issuer = serial = ski = None
+    if sid.is_(der.UNIVERSAL, der.SEQUENCE):
+        issuer_element, serial_element = sid.children()
+        issuer, serial = issuer_element.encoded, der.integer(serial_element)
+    else:
+        ski = der.octets(der.expect(sid, der.CONTEXT, 0, "SignerIdentifier"))
+    digest = der.algorithm(parts[2], "digestAlgorithm")
+    index = 3
+    attrs = None
+    if parts[index].is_(der.CONTEXT, 0):
+        attrs, index = parts[index], index + 1
+    signature_algorithm = der.algorithm(parts[index], "signatureAlgorithm")
+    signature = der.octets(der.expect(parts[index + 1], der.UNIVERSAL, der.OCTET_STRING, "signature"))
+    return _SignerInfo(issuer, serial, ski, digest, attrs, signature_algorithm, signature)
+
+
+def _verify(signed: SignedParts, policy: ProtectionPolicy, expected: Sequence[CertRecord]) -> Verified:
+    content = signed.content
     if content is None:
         raise ProtectionError(
             FailureKind.MALFORMED, "signed data has no embedded content (detached signature)"
         )
-    signer_infos = signed["signer_infos"]
-    if len(signer_infos) != 1:
+    if len(signed.signer_infos) != 1:
         raise ProtectionError(
-            FailureKind.SIGNATURE, f"expected exactly one signer, found {len(signer_infos)}"
+            FailureKind.SIGNATURE, f"expected exactly one signer, found {len(signed.signer_infos)}"
         )
-    signer_info = signer_infos[0]
-    embedded = [
-        record_from_der(choice.chosen.dump())
-        for choice in signed["certificates"] or ()
-        if choice.name == "certificate"
-    ]
-    signer, source = _find_signer(signer_info["sid"], embedded, expected)
+    info = _signer_info(signed.signer_infos[0])
+    embedded = [record_from_der(encoded) for encoded in signed.certificates]
+    signer, source = _find_signer(info, embedded, expected)
 
-    digest = DIGESTS.get(signer_info["digest_algorithm"]["algorithm"].native)
+    digest = DIGESTS_BY_OID.get(info.digest.oid)
     if digest is None:
-        name = signer_info["digest_algorithm"]["algorithm"].native
+        name = der.oid_text(info.digest.oid_element)
         raise ProtectionError(FailureKind.DIGEST_REFUSED, f"digest algorithm {name} is not supported")
-    legacy = [digest.label] if digest.legacy else []
     if digest.legacy and not policy.accept_sha1:
         raise ProtectionError(
             FailureKind.DIGEST_REFUSED,
             f"{digest.label} signatures are not accepted from this partner (policy)",
         )
-    pad, signature_label = _signature_padding(signer_info, digest, policy)
+    legacy = (digest.label,) if digest.legacy else ()
+    pad, signature_label = _signature_padding(info.signature_algorithm, digest, policy)
 
-    attrs = signer_info["signed_attrs"]
-    if isinstance(attrs, core.Void):
+    if info.signed_attrs is None:
         to_verify = content
     else:
-        _check_attributes(attrs, signed["encap_content_info"]["content_type"].native, content, digest)
+        _check_attributes(info.signed_attrs, signed.content_type.contents, content, digest)
         # The signature covers the attributes DER-encoded as a SET, not with their [0] tag.
-        encoded = attrs.dump()
-        to_verify = b"\x31" + encoded[1:]
+        to_verify = b"\x31" + info.signed_attrs.encoded[1:]
     public_key = signer.cert.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise ProtectionError(
             FailureKind.SIGNATURE, "only RSA signatures are supported", signer.described(source)
         )
     try:
-        public_key.verify(signer_info["signature"].native, to_verify, pad, digest.algorithm())
+        public_key.verify(info.signature, to_verify, pad, digest.algorithm())
     except InvalidSignature:
         raise ProtectionError(
             FailureKind.SIGNATURE,
@@ -140,30 +226,23 @@ def _verify(signed: cms.SignedData, policy: ProtectionPolicy, expected: Sequence
             signer.described(source),
         ) from None
     others = tuple(r.cert for r in embedded if r is not signer)
-    return Verified(content, signer, source, others, digest, signature_label, tuple(legacy))
+    return Verified(content, signer, source, others, digest, signature_label, legacy)
 
 
 def _find_signer(
-    sid: cms.SignerIdentifier, embedded: list[CertRecord], expected: Sequence[CertRecord]
+    info: _SignerInfo, embedded: list[CertRecord], expected: Sequence[CertRecord]
 ) -> tuple[CertRecord, str]:
-    if sid.name == "issuer_and_serial_number":
-        issuer, serial = sid.chosen["issuer"].dump(), sid.chosen["serial_number"].native
-
-        def matches(record: CertRecord) -> bool:
-            return record.serial == serial and record.issuer_der == issuer
-
-        described = f"issuer={sid.chosen['issuer'].human_friendly!r} serial={serial:X}"
-    else:
-        ski = sid.chosen.native
-
-        def matches(record: CertRecord) -> bool:
-            return record.ski == ski
-
-        described = f"subjectKeyIdentifier={ski.hex().upper()}"
     for records, source in ((embedded, EMBEDDED), (expected, REGISTERED)):
         for record in records:
-            if matches(record):
+            if (info.serial == record.serial and info.issuer_der == record.issuer_der) or (
+                info.ski is not None and info.ski == record.ski
+            ):
                 return record, source
+    if info.issuer_der is not None:
+        issuer = asn1_x509.Name.load(info.issuer_der).human_friendly
+        described = f"issuer={issuer!r} serial={info.serial:X}"
+    else:
+        described = f"subjectKeyIdentifier={(info.ski or b'').hex().upper()}"
     raise ProtectionError(
         FailureKind.SIGNER_MISSING,
         f"the signer certificate ({described}) is neither in the message nor registered for the sender",
@@ -171,23 +250,20 @@ def _find_signer(
 
 
 def _signature_padding(
-    signer_info: cms.SignerInfo, digest: DigestSpec, policy: ProtectionPolicy
+    algorithm: der.Algorithm, digest: DigestSpec, policy: ProtectionPolicy
 ) -> tuple[padding.AsymmetricPadding, str]:
-    algorithm = signer_info["signature_algorithm"]
-    kind = algorithm.signature_algo
-    if kind == "rsassa_pkcs1v15":
-        try:
-            declared = algorithm.hash_algo
-        except ValueError:
-            declared = digest.asn1_name  # plain rsaEncryption: the digest algorithm decides
+    if algorithm.oid == RSA_ENCRYPTION or algorithm.oid in RSA_WITH:
+        declared = RSA_WITH.get(algorithm.oid, digest.asn1_name)  # plain rsaEncryption: the digest decides
         if declared != digest.asn1_name:
             raise ProtectionError(
                 FailureKind.SIGNATURE,
                 f"signature algorithm hash {declared} differs from digest {digest.asn1_name}",
             )
         return padding.PKCS1v15(), f"RSA-PKCS1v1.5-{digest.label}"
-    if kind == "rsassa_pss":
-        params = algorithm["parameters"]
+    if algorithm.oid == RSASSA_PSS:
+        if algorithm.parameters is None:
+            raise ProtectionError(FailureKind.SIGNATURE, "RSASSA-PSS without parameters")
+        params = algos.RSASSAPSSParams.load(algorithm.parameters.encoded)
         pss_hash = params["hash_algorithm"]["algorithm"].native
         mgf_hash = params["mask_gen_algorithm"]["parameters"]["algorithm"].native
         if pss_hash != digest.asn1_name or mgf_hash not in DIGESTS:
@@ -198,28 +274,27 @@ def _signature_padding(
             raise ProtectionError(FailureKind.DIGEST_REFUSED, "SHA-1 in RSASSA-PSS is not accepted (policy)")
         mgf = padding.MGF1(DIGESTS[mgf_hash].algorithm())
         return padding.PSS(mgf=mgf, salt_length=params["salt_length"].native), f"RSASSA-PSS-{digest.label}"
-    raise ProtectionError(FailureKind.SIGNATURE, f"signature algorithm {kind} is not supported")
+    name = der.oid_text(algorithm.oid_element)
+    raise ProtectionError(FailureKind.SIGNATURE, f"signature algorithm {name} is not supported")
 
 
-def _check_attributes(
-    attrs: cms.CMSAttributes, content_type: str, content: bytes, digest: DigestSpec
-) -> None:
-    found: dict[str, list] = {}
-    for attr in attrs:
-        name = attr["type"].native
-        if name in ("content_type", "message_digest"):
-            found.setdefault(name, []).extend(attr["values"])
-    types, digests = found.get("content_type", []), found.get("message_digest", [])
+def _check_attributes(attrs: der.Element, content_type: bytes, content: bytes, digest: DigestSpec) -> None:
+    types: list[der.Element] = []
+    digests: list[der.Element] = []
+    for attr in attrs.children():
+        attr_type, values = der.sequence(attr, "Attribute")
+        if attr_type.contents == ATTR_CONTENT_TYPE:
+            types += der.expect(values, der.UNIVERSAL, der.SET, "attrValues").children()
+        elif attr_type.contents == ATTR_MESSAGE_DIGEST:
+            digests += der.expect(values, der.UNIVERSAL, der.SET, "attrValues").children()
     if len(types) != 1 or len(digests) != 1:
         raise ProtectionError(
             FailureKind.SIGNATURE, "signed attributes need exactly one content-type and one message-digest"
         )
-    if types[0].native != content_type:
-        raise ProtectionError(
-            FailureKind.SIGNATURE,
-            f"signed content-type {types[0].native} differs from the content's {content_type}",
-        )
-    if not hmac.compare_digest(digests[0].native, hashlib.new(digest.asn1_name, content).digest()):
+    if types[0].contents != content_type:
+        raise ProtectionError(FailureKind.SIGNATURE, "signed content-type differs from the content's type")
+    signed_digest = der.octets(der.expect(digests[0], der.UNIVERSAL, der.OCTET_STRING, "message-digest"))
+    if not hmac.compare_digest(signed_digest, hashlib.new(digest.asn1_name, content).digest()):
         raise ProtectionError(
             FailureKind.CONTENT_DIGEST,
             "the content does not match the digest the sender signed (altered after signing)",

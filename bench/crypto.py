@@ -1,0 +1,132 @@
+"""Message protection throughput against `openssl speed rsa2048`, measured in the same run.
+
+protect = sign (SHA-256, RSA-2048) + encrypt (AES-256-CBC) of a 20 KB message; unprotect =
+decrypt + verify + signer checks (validity, key usage, chain, CRL, registered signer). Both run
+in this process on one thread, like `openssl speed` (single-core by default), whose RSA-2048 sign
+rate is the yardstick: protect does one private-key operation, unprotect one private and one public.
+
+    python bench/crypto.py [--seconds 2] [--rounds 3] [--size 20000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gateway.protection import (  # noqa: E402
+    CertificateChecker,
+    ProtectionPolicy,
+    StaticCrlSource,
+    protect,
+    unprotect,
+)
+from gateway.protection.pki import init_pki  # noqa: E402
+
+TARGETS = {"protect": 0.75, "unprotect": 0.45}
+HOLDERS = [(9100000, "Vestre Viken HF", "191000005"), (9203000, "Drammen kommune", "192030006")]
+
+
+def message(size: int) -> bytes:
+    line = (
+        b"    <Merknad>Pasienten har behov for oppfolging av hjemmesykepleien, se vedlagt plan.</Merknad>\n"
+    )
+    body = line * (size // len(line) + 1)
+    return (b'<?xml version="1.0" encoding="UTF-8"?>\n<MsgHead>\n' + body)[: size - 11] + b"</MsgHead>\n"
+
+
+def rate(fn, seconds: float) -> float:
+    """Operations per CPU-second of this process, as `openssl speed` counts (it divides by CPU user
+    time unless given -elapsed): on a shared machine, wall time would mostly measure the neighbours."""
+    count = 0
+    cpu_started = time.process_time()
+    deadline = time.perf_counter() + seconds
+    while True:
+        for _ in range(20):
+            fn()
+        count += 20
+        if time.perf_counter() >= deadline:
+            return count / (time.process_time() - cpu_started)
+
+
+def openssl_sign_rate(seconds: int) -> float:
+    out = subprocess.run(
+        ["openssl", "speed", "-seconds", str(seconds), "rsa2048"], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(r"^rsa\s+2048 bits\s+\S+\s+\S+\s+([\d.]+)\s+([\d.]+)", out, re.MULTILINE)
+    if not match:
+        raise SystemExit(f"could not read `openssl speed` output:\n{out}")
+    return float(match.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--size", type=int, default=20_000, help="message size in bytes")
+    ap.add_argument("--openssl-seconds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = init_pki(tmp, HOLDERS)
+    sender, receiver = pki.parties[9100000], pki.parties[9203000]
+    signer, decryption = sender.sign.credential(), [receiver.enc.credential()]
+    checker = CertificateChecker([pki.ca.cert], crl_source=StaticCrlSource([pki.crl]))
+    policy = ProtectionPolicy()
+    content = message(args.size)
+    expected = [sender.sign.cert]
+    protected = protect(content, signer=signer, recipient=receiver.enc.cert, policy=policy)
+    assert (
+        unprotect(protected, credentials=decryption, checker=checker, expected_signers=expected).content
+        == content
+    )
+
+    def do_protect() -> None:
+        protect(content, signer=signer, recipient=receiver.enc.cert, policy=policy)
+
+    def do_unprotect() -> None:
+        unprotect(
+            protected, credentials=decryption, checker=checker, expected_signers=expected, policy=policy
+        )
+
+    # Rounds alternate komut and openssl so that both see the same machine state; ratios are taken
+    # per round and the median reported (a shared, busy machine moves both numbers by +-25%).
+    results: dict[str, list[float]] = {"protect": [], "unprotect": [], "openssl": []}
+    for _ in range(args.rounds):
+        results["protect"].append(rate(do_protect, args.seconds))
+        results["unprotect"].append(rate(do_unprotect, args.seconds))
+        results["openssl"].append(openssl_sign_rate(args.openssl_seconds))
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    openssl = medians["openssl"]
+    ratios = {
+        name: statistics.median(a / b for a, b in zip(results[name], results["openssl"], strict=True))
+        for name in ("protect", "unprotect")
+    }
+
+    if args.json:
+        print(json.dumps({"per_second": medians, "rounds": results, "ratios": ratios}))
+    else:
+        print(
+            f"{args.size}-byte message, AES-256-CBC, SHA-256/RSA-2048; one process, one thread; "
+            f"median of {args.rounds} rounds, ratios per round"
+        )
+        print(f"{'operation':<28}{'per second':>12}{'vs openssl sign':>18}{'target':>9}")
+        print(f"{'openssl speed rsa2048 sign':<28}{openssl:>12.0f}{'1.00':>18}{'':>9}")
+        for name in ("protect", "unprotect"):
+            mark = "ok" if ratios[name] >= TARGETS[name] else "BELOW"
+            print(f"{name:<28}{medians[name]:>12.0f}{ratios[name]:>18.2f}{TARGETS[name]:>7.2f} {mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
