@@ -11,4 +11,6 @@ COMMAND_MODULES = (
     "gateway.commands.demo",
     "gateway.commands.registry",
     "gateway.commands.route",
+    "gateway.commands.protect",
+    "gateway.commands.pki",
 )
