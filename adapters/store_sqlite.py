@@ -1,0 +1,1146 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+Durability costs one fsync per transaction, so every write goes through one writer thread that
+takes all waiting changes and commits them in one transaction (group commit): a hundred callers
+waiting together share one fsync. Each change runs inside its own SAVEPOINT, so a change that
+fails (a Conflict, a bug) is rolled back alone and the others in the batch still commit. Callers
+are answered only after COMMIT has returned, i.e. once the WAL is on disk (synchronous=FULL).
+
+Reads run on a small pool of threads with their own connections; WAL lets them proceed while the
+writer commits. Payloads are zlib-compressed in a table of their own so that scanning and
+indexing metadata never touches them, and they can be purged (and the space given back with
+incremental vacuum) while metadata and events stay.
+
+All SQL of this adapter is in the "SQL" section below; the schema evolves only by appending to
+MIGRATIONS (the file's `PRAGMA user_version` says how many have been applied).
+
+Search semantics (shared with the other stores, pinned by tests/test_store_contract.py):
+newest first by id; `since` inclusive, `until` exclusive on received_at; `her_id` and a numeric
+`text` match the sender, the receiver or the receiver of any delivery (copies); `text` also
+matches msg_id exactly and a case-insensitive substring of the sender's or receiver's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import queue
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gateway.lifecycle import (
+    FINAL_DELIVERY_STATES,
+    FINAL_MESSAGE_STATES,
+    DeliveryState,
+    MessageState,
+    check_delivery,
+)
+from gateway.store import (
+    Applied,
+    Change,
+    Claimed,
+    Conflict,
+    DeliveryRecord,
+    Direction,
+    Event,
+    MessageRecord,
+    Query,
+)
+
+# ------------------------------------------------------------------------------------------------
+# SQL
+# ------------------------------------------------------------------------------------------------
+
+# Applied in order at open(); never edit a released step, append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the delivery log
+    """
+    CREATE TABLE messages (
+        id            INTEGER PRIMARY KEY,
+        direction     TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        dedupe_key    TEXT NOT NULL,
+        received_at   REAL NOT NULL,
+        source        TEXT NOT NULL,
+        msg_id        TEXT NOT NULL DEFAULT '',
+        msg_type      TEXT NOT NULL DEFAULT '',
+        sender_her    INTEGER,
+        receiver_her  INTEGER,
+        conversation  TEXT,
+        refers_to     TEXT,
+        size          INTEGER NOT NULL DEFAULT 0,
+        summary       TEXT NOT NULL DEFAULT '{}',
+        problems      TEXT NOT NULL DEFAULT '[]',
+        sender_party  INTEGER REFERENCES parties(id),
+        receiver_party INTEGER REFERENCES parties(id)
+    );
+    CREATE UNIQUE INDEX messages_dedupe ON messages(dedupe_key);
+    -- Every SQLite index ends with the rowid, so an equality on one column yields its rows
+    -- newest first for free: keyset pages (id < ? ORDER BY id DESC LIMIT ?) stop early.
+    CREATE INDEX messages_msg_id ON messages(msg_id);
+    CREATE INDEX messages_sender ON messages(sender_her);
+    CREATE INDEX messages_receiver ON messages(receiver_her);
+    CREATE INDEX messages_conversation ON messages(conversation);
+    CREATE INDEX messages_state ON messages(state);
+    CREATE INDEX messages_type ON messages(msg_type);
+    CREATE INDEX messages_type_time ON messages(msg_type, received_at);
+    CREATE INDEX messages_time ON messages(received_at);
+    CREATE INDEX messages_sender_party ON messages(sender_party) WHERE sender_party IS NOT NULL;
+    CREATE INDEX messages_receiver_party ON messages(receiver_party) WHERE receiver_party IS NOT NULL;
+
+    -- Party names for text search, one row per distinct name: a substring match scans this
+    -- small table, then the party indexes above find the messages.
+    CREATE TABLE parties (
+        id      INTEGER PRIMARY KEY,
+        name    TEXT NOT NULL UNIQUE,
+        folded  TEXT NOT NULL
+    );
+
+    CREATE TABLE payloads (
+        message_id   INTEGER PRIMARY KEY REFERENCES messages(id),
+        received_at  REAL NOT NULL,
+        stored       INTEGER NOT NULL,
+        codec        TEXT NOT NULL,
+        data         BLOB NOT NULL
+    );
+    -- Retention by age, and the total for the size cap, without reading the blobs.
+    CREATE INDEX payloads_age ON payloads(received_at, stored);
+
+    CREATE TABLE deliveries (
+        id              INTEGER PRIMARY KEY,
+        message_id      INTEGER NOT NULL REFERENCES messages(id),
+        receiver_her    INTEGER NOT NULL,
+        role            TEXT NOT NULL,
+        transport       TEXT NOT NULL,
+        endpoint        TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        expires_at      REAL NOT NULL,
+        expects_apprec  INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        apprec_due_at   REAL,
+        apprec_status   TEXT,
+        apprec_msg_id   TEXT,
+        fifo_key        TEXT,
+        last_error      TEXT,
+        lease_owner     TEXT,
+        lease_until     REAL,
+        updated_at      REAL NOT NULL
+    );
+    CREATE INDEX deliveries_message ON deliveries(message_id);
+    CREATE INDEX deliveries_receiver ON deliveries(receiver_her, message_id);
+    CREATE INDEX deliveries_state ON deliveries(state, message_id);
+    CREATE INDEX deliveries_expiry ON deliveries(state, expires_at);
+    CREATE INDEX deliveries_apprec_due ON deliveries(state, apprec_due_at) WHERE apprec_due_at IS NOT NULL;
+    -- The claim scan reads only this index: a backlog of not-yet-due retries or of receivers
+    -- with an open circuit is skipped without touching the table.
+    CREATE INDEX deliveries_claimable ON deliveries(transport, id, state, next_attempt_at, receiver_her)
+        WHERE state IN ('queued', 'retry-wait');
+    CREATE INDEX deliveries_fifo ON deliveries(receiver_her, fifo_key, id)
+        WHERE fifo_key IS NOT NULL AND state IN ('queued', 'sending', 'retry-wait');
+    CREATE INDEX deliveries_leases ON deliveries(lease_until) WHERE state = 'sending';
+
+    CREATE TABLE events (
+        id           INTEGER PRIMARY KEY,
+        message_id   INTEGER,
+        delivery_id  INTEGER,
+        at           REAL NOT NULL,
+        actor        TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        from_state   TEXT,
+        to_state     TEXT,
+        reason       TEXT NOT NULL DEFAULT '',
+        details      TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_message ON events(message_id);
+    """,
+)
+
+PRAGMAS_NEW_FILE = "PRAGMA auto_vacuum = INCREMENTAL"  # only takes effect before the first table
+PRAGMAS_WRITER = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = {synchronous}",
+    "PRAGMA busy_timeout = 10000",
+    "PRAGMA cache_size = -65536",
+    "PRAGMA temp_store = MEMORY",
+    # Purged payloads are patient data: zero them in the file rather than leave them in free pages.
+    "PRAGMA secure_delete = ON",
+)
+PRAGMAS_READER = (
+    "PRAGMA busy_timeout = 10000",
+    "PRAGMA cache_size = -32768",
+    "PRAGMA temp_store = MEMORY",
+    "PRAGMA query_only = ON",
+)
+SQL_ANALYZE_QUICK = "PRAGMA analysis_limit = 1000; ANALYZE;"
+SQL_HAS_STATS = "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
+SQL_OPTIMIZE = "PRAGMA optimize"
+SQL_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
+SQL_FREELIST = "PRAGMA freelist_count"
+SQL_INCREMENTAL_VACUUM = "PRAGMA incremental_vacuum({pages})"
+
+MESSAGE_COLUMNS = (
+    "direction",
+    "state",
+    "dedupe_key",
+    "received_at",
+    "source",
+    "msg_id",
+    "msg_type",
+    "sender_her",
+    "receiver_her",
+    "conversation",
+    "refers_to",
+    "size",
+    "summary",
+    "problems",
+)
+DELIVERY_COLUMNS = tuple(f.name for f in dataclasses.fields(DeliveryRecord) if f.name != "id")
+EVENT_COLUMNS = (
+    "message_id",
+    "delivery_id",
+    "at",
+    "actor",
+    "kind",
+    "from_state",
+    "to_state",
+    "reason",
+    "details",
+)
+
+_M = ", ".join(MESSAGE_COLUMNS)
+_D = ", ".join(DELIVERY_COLUMNS)
+_E = ", ".join(EVENT_COLUMNS)
+
+SQL_INSERT_MESSAGE = (
+    f"INSERT INTO messages ({_M}, sender_party, receiver_party) "
+    f"VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 2))})"
+)
+SQL_INSERT_PAYLOAD = (
+    "INSERT OR REPLACE INTO payloads (message_id, received_at, stored, codec, data) VALUES (?, ?, ?, ?, ?)"
+)
+SQL_DELETE_PAYLOAD = "DELETE FROM payloads WHERE message_id = ?"
+SQL_INSERT_DELIVERY = f"INSERT INTO deliveries ({_D}) VALUES ({', '.join('?' * len(DELIVERY_COLUMNS))})"
+SQL_INSERT_EVENT = f"INSERT INTO events ({_E}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+SQL_MESSAGE_BY_DEDUPE = "SELECT id FROM messages WHERE dedupe_key = ?"
+SQL_DELIVERY_IDS = "SELECT id FROM deliveries WHERE message_id = ? ORDER BY id"
+SQL_MESSAGE_EXISTS = "SELECT 1 FROM messages WHERE id = ?"
+SQL_MESSAGE_RECEIVED_AT = "SELECT received_at FROM messages WHERE id = ?"
+SQL_DELIVERY_EXISTS = "SELECT 1 FROM deliveries WHERE id = ?"
+# Column names in UPDATEs come from MESSAGE_COLUMNS/DELIVERY_COLUMNS only, never from callers.
+SQL_UPDATE_MESSAGE = "UPDATE messages SET {assignments} WHERE id = ?"
+SQL_UPDATE_DELIVERY = "UPDATE deliveries SET {assignments} WHERE id = ?"
+SQL_UPDATE_DELIVERY_FROM = "UPDATE deliveries SET {assignments} WHERE id = ? AND state = ?"
+SQL_PARTY_INSERT = "INSERT INTO parties (name, folded) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"
+SQL_PARTY_ID = "SELECT id FROM parties WHERE name = ?"
+SQL_PARTIES_MATCHING = "SELECT id FROM parties WHERE instr(folded, ?) > 0"
+
+SQL_SELECT_MESSAGE = f"SELECT id, {_M} FROM messages"
+SQL_MESSAGE_BY_ID = SQL_SELECT_MESSAGE + " WHERE id = ?"
+SQL_MESSAGE_BY_KEY = SQL_SELECT_MESSAGE + " WHERE dedupe_key = ?"
+SQL_MESSAGES_BY_MSG_ID = SQL_SELECT_MESSAGE + " WHERE msg_id = ? ORDER BY id"
+SQL_MESSAGES_BY_MSG_ID_DIR = SQL_SELECT_MESSAGE + " WHERE msg_id = ? AND direction = ? ORDER BY id"
+SQL_MESSAGES_BY_IDS = SQL_SELECT_MESSAGE + " WHERE id IN ({marks}) ORDER BY id DESC"
+SQL_PAYLOAD = "SELECT codec, data FROM payloads WHERE message_id = ?"
+SQL_SELECT_DELIVERY = f"SELECT id, {_D} FROM deliveries"
+SQL_DELIVERIES_OF = SQL_SELECT_DELIVERY + " WHERE message_id = ? ORDER BY id"
+SQL_DELIVERY_BY_ID = SQL_SELECT_DELIVERY + " WHERE id = ?"
+SQL_EVENTS_OF = f"SELECT id, {_E} FROM events WHERE message_id = ? ORDER BY id"
+SQL_DUE = SQL_SELECT_DELIVERY + " WHERE state IN ({marks}) AND {field} <= ? ORDER BY {field}, id LIMIT ?"
+SQL_COUNTS = "SELECT state, count(*) FROM deliveries GROUP BY state"
+
+SQL_CLAIM_CANDIDATES = """
+    SELECT d.id, d.state, d.receiver_her
+    FROM deliveries AS d INDEXED BY deliveries_claimable
+    WHERE d.transport = ? AND d.state IN ('queued', 'retry-wait')
+      AND (d.state = 'queued' OR d.next_attempt_at <= ?)
+      AND (d.fifo_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM deliveries AS o
+            WHERE o.receiver_her = d.receiver_her AND o.fifo_key = d.fifo_key AND o.id < d.id
+              AND o.fifo_key IS NOT NULL AND o.state IN ('queued', 'sending', 'retry-wait')))
+    ORDER BY d.id
+"""
+SQL_CLAIM_ONE = """
+    UPDATE deliveries SET state = 'sending', lease_owner = ?, lease_until = ?, updated_at = ?
+    WHERE id = ? AND state = ?
+"""
+SQL_EXPIRED_LEASES = """
+    SELECT id, message_id, lease_owner FROM deliveries
+    WHERE state = 'sending' AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id
+"""
+SQL_RELEASE_ONE = """
+    UPDATE deliveries SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ?
+    WHERE id = ? AND state = 'sending'
+"""
+
+SQL_PURGE_OLD = "DELETE FROM payloads WHERE received_at < ?"
+SQL_PAYLOAD_TOTAL = "SELECT coalesce(sum(stored), 0) FROM payloads INDEXED BY payloads_age"
+# Oldest first, those whose story is over first: a final message state, or no delivery still
+# able to move by itself (DELIVERED counts as final when no AppRec is expected).
+SQL_PURGE_CANDIDATES = """
+    SELECT p.message_id, p.stored FROM payloads AS p INDEXED BY payloads_age
+    WHERE (
+        (SELECT m.state FROM messages AS m WHERE m.id = p.message_id) IN ({final_messages})
+        OR NOT EXISTS (
+            SELECT 1 FROM deliveries AS d WHERE d.message_id = p.message_id
+              AND d.state NOT IN ({final_deliveries})
+              AND NOT (d.state = 'delivered' AND d.expects_apprec = 0))
+    ) = ?
+    ORDER BY p.received_at, p.message_id
+"""
+
+# Search: one or more "branches", each of which walks one index newest first and stops after
+# `limit` rows; their union is cut to `limit` again. Filters that do not drive a branch are
+# written with a unary "+" so SQLite does not pick their index and lose the id order.
+SQL_SEARCH_BRANCH = (
+    "SELECT id FROM (SELECT m.id AS id FROM messages AS m WHERE {where} ORDER BY m.id DESC LIMIT {limit})"
+)
+SQL_SEARCH_BRANCH_DELIVERY = (
+    "SELECT id FROM (SELECT DISTINCT d.message_id AS id FROM deliveries AS d INDEXED BY {index} "
+    "CROSS JOIN messages AS m ON m.id = d.message_id WHERE {where} ORDER BY d.message_id DESC LIMIT {limit})"
+)
+SQL_SEARCH_TIME_BRANCH = (
+    "SELECT id FROM (SELECT m.id AS id FROM messages AS m INDEXED BY {index} WHERE {where} "
+    "ORDER BY m.id DESC LIMIT {limit})"
+)
+SQL_SEARCH = "SELECT id FROM ({union}) ORDER BY id DESC LIMIT {limit}"
+SQL_HAS_DELIVERY_IN_STATE = "EXISTS (SELECT 1 FROM deliveries AS s WHERE s.message_id = m.id AND s.state = ?)"
+
+# ------------------------------------------------------------------------------------------------
+
+CODEC = "zlib"
+MAX_BATCH = 2000  # bounds how long one transaction holds the writer and how much a caller may wait
+VACUUM_CHUNK = 2048  # pages per incremental_vacuum step, so writers get turns while space is reclaimed
+MAX_LIMIT = 1000
+SELECTIVE = ("msg_id", "conversation", "receiver_her", "sender_her")
+MESSAGE_FIELDS = frozenset(f.name for f in dataclasses.fields(MessageRecord)) - {"id"}
+DELIVERY_FIELDS = frozenset(DELIVERY_COLUMNS) - {"message_id"}
+TIME_FIELDS = frozenset({"expires_at", "apprec_due_at", "next_attempt_at", "lease_until", "updated_at"})
+ALLOWED_SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        return str(value)  # a StrEnum member becomes its plain value
+    return value
+
+
+def _fold(name: str) -> str:
+    return name.casefold()
+
+
+def _literals(values) -> str:
+    # Only ever called with lifecycle enum values, which contain no quotes.
+    return ", ".join(f"'{v}'" for v in sorted(str(v) for v in values))
+
+
+def compress(payload: bytes, level: int) -> bytes:
+    return zlib.compress(payload, level)
+
+
+def decompress(codec: str, data: bytes) -> bytes:
+    if codec != CODEC:
+        raise ValueError(f"unknown payload codec {codec!r}")
+    return zlib.decompress(data)
+
+
+def _message(row, payload: bytes | None = None) -> MessageRecord:
+    (id_, direction, state, dedupe_key, received_at, source, msg_id, msg_type, sender, receiver) = row[:10]
+    conversation, refers_to, size, summary, problems = row[10:15]
+    return MessageRecord(
+        direction=Direction(direction),
+        state=MessageState(state),
+        dedupe_key=dedupe_key,
+        received_at=received_at,
+        source=source,
+        msg_id=msg_id,
+        msg_type=msg_type,
+        sender_her=sender,
+        receiver_her=receiver,
+        conversation=conversation,
+        refers_to=refers_to,
+        size=size,
+        payload=payload,
+        summary=json.loads(summary),
+        problems=json.loads(problems),
+        id=id_,
+    )
+
+
+def _delivery(row) -> DeliveryRecord:
+    values = dict(zip(DELIVERY_COLUMNS, row[1:], strict=True))
+    values["state"] = DeliveryState(values["state"])
+    values["expects_apprec"] = bool(values["expects_apprec"])
+    return DeliveryRecord(id=row[0], **values)
+
+
+def _event(row) -> Event:
+    values = dict(zip(EVENT_COLUMNS, row[1:], strict=True))
+    values["details"] = json.loads(values["details"])
+    return Event(id=row[0], **values)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A Change turned into SQL parameters on the caller's thread, so the writer only executes."""
+
+    change: Change
+    message_row: tuple | None
+    names: tuple[str | None, str | None]
+    blob: bytes | None
+    message_updates: dict
+    blob_update: tuple[bool, bytes | None]  # (payload given in message_fields, its compressed form)
+
+
+@dataclasses.dataclass
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    kind: str  # "write": inside the batch transaction; "solo": alone, outside any transaction
+
+
+_STOP = object()
+
+
+class SqliteStore:
+    """Store on one SQLite file. See the module docstring for how writes are grouped."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        compress_level: int = 1,
+        read_threads: int = 4,
+        max_batch: int = MAX_BATCH,
+    ):
+        synchronous = synchronous.upper()
+        if synchronous not in ALLOWED_SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {sorted(ALLOWED_SYNCHRONOUS)}")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.compress_level = compress_level
+        self.read_threads = read_threads
+        self.max_batch = max_batch
+        self.commits = 0  # committed write transactions; with group commit, fewer than changes
+        self.changes = 0  # write jobs that went into those transactions
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._local = threading.local()
+        self._parties: dict[str, int] = {}  # name -> id, only what is committed (cleared on rollback)
+        self._failed: BaseException | None = None
+        self._open = False
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._open:
+            return
+        ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._failed = None
+        self._writer = threading.Thread(
+            target=self._writer_main,
+            args=(loop, ready),
+            name=f"komut-sqlite-writer:{self.path.name}",
+            daemon=True,
+        )
+        self._writer.start()
+        await ready
+        if self.read_threads > 0:
+            self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="komut-sqlite-read")
+        self._open = True
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._queue.put(_STOP)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await asyncio.to_thread(writer.join)
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            await asyncio.to_thread(readers.shutdown, True)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        self._local = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: this module issues BEGIN/COMMIT itself.
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path} has schema version {version}; this komut knows only up to {len(MIGRATIONS)}"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # executescript runs the whole step; user_version changes inside the same transaction.
+            conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+    # --- the writer thread ---------------------------------------------------------------------
+
+    def _writer_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
+        try:
+            fresh = not self.path.exists() or self.path.stat().st_size == 0
+            conn = self._connect()
+            if fresh:
+                conn.execute(PRAGMAS_NEW_FILE)
+            for pragma in PRAGMAS_WRITER:
+                conn.execute(pragma.format(synchronous=self.synchronous))
+            self._migrate(conn)
+            if not conn.execute(SQL_HAS_STATS).fetchone()[0]:
+                # Planner statistics; analysis_limit keeps this to milliseconds on a large file.
+                conn.executescript(SQL_ANALYZE_QUICK)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        try:
+            stop = False
+            while not stop:
+                batch = [self._queue.get()]
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if any(job is _STOP for job in batch):
+                    stop = True
+                    batch = [job for job in batch if job is not _STOP]
+                self._run_batch(conn, batch)
+            # Anything queued after close() was called still gets an answer.
+            leftover = []
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not _STOP:
+                    leftover.append(job)
+            self._run_batch(conn, leftover)
+            try:
+                conn.execute(SQL_OPTIMIZE)
+                conn.execute(SQL_CHECKPOINT)
+            except sqlite3.Error:
+                pass  # an optimisation; the data is already committed
+        except BaseException as exc:  # a bug in this module: fail every waiting caller, not hang them
+            self._failed = exc
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not _STOP:
+                    job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+            raise
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        writes = [job for job in batch if job.kind == "write"]
+        if writes:
+            done: list[tuple[_Job, Any, BaseException | None]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for job in writes:
+                    conn.execute("SAVEPOINT change")
+                    try:
+                        result = job.fn(conn)
+                    except Exception as exc:
+                        # Undo this change only; if SQLite already rolled back the whole
+                        # transaction (I/O error, disk full), ROLLBACK TO fails and so does the batch.
+                        conn.execute("ROLLBACK TO change")
+                        conn.execute("RELEASE change")
+                        self._parties.clear()
+                        done.append((job, None, exc))
+                    else:
+                        conn.execute("RELEASE change")
+                        done.append((job, result, None))
+                conn.execute("COMMIT")
+                self.commits += 1
+                self.changes += len(writes)
+                outcomes += done
+            except Exception as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                self._parties.clear()
+                outcomes += [(job, None, exc) for job in writes]
+        self._answer(outcomes)
+        for job in batch:
+            if job.kind == "write":
+                continue
+            try:
+                result, exc = job.fn(conn), None
+            except Exception as error:
+                result, exc = None, error
+            self._answer([(job, result, exc)])
+
+    @staticmethod
+    def _answer(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        # One wake-up per event loop for the whole batch rather than one per caller.
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for job, result, exc in outcomes:
+            by_loop.setdefault(job.loop, []).append((job.future, result, exc))
+        for loop, items in by_loop.items():
+            # A closed loop raises RuntimeError: nobody is waiting there any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle_all, items)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any], kind: str = "write") -> Any:
+        if not self._open:
+            raise RuntimeError("store is not open")
+        if self._failed is not None:
+            raise RuntimeError("the store's writer thread failed") from self._failed
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(_Job(fn, future, loop, kind))
+        return await future
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            for pragma in PRAGMAS_READER:
+                conn.execute(pragma)
+            self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if not self._open:
+            raise RuntimeError("store is not open")
+        if self._readers is None:
+            # read_threads=0: reads queue behind the writer, outside its transactions.
+            return await self._write(fn, kind="solo")
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._in_reader, fn)
+
+    def _in_reader(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        conn = self._reader()
+        # One read transaction, so multi-statement reads see one snapshot.
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    # --- apply ---------------------------------------------------------------------------------
+
+    def _prepare(self, change: Change) -> _Prepared:
+        message_row, names, blob = None, (None, None), None
+        m = change.new_message
+        if m is not None:
+            message_row = tuple(
+                _json(getattr(m, c)) if c in ("summary", "problems") else _sql_value(getattr(m, c))
+                for c in MESSAGE_COLUMNS
+            )
+            names = (_name(m.summary, "sender_name"), _name(m.summary, "receiver_name"))
+            if m.payload is not None:
+                blob = compress(m.payload, self.compress_level)
+        updates, blob_update = {}, (False, None)
+        for key, value in change.message_fields.items():
+            if key not in MESSAGE_FIELDS:
+                raise ValueError(f"unknown message field {key!r}")
+            if key == "payload":
+                blob_update = (True, None if value is None else compress(value, self.compress_level))
+            elif key in ("summary", "problems"):
+                updates[key] = _json(value)
+            else:
+                updates[key] = _sql_value(value)
+        if "summary" in change.message_fields:
+            summary = change.message_fields["summary"] or {}
+            updates["sender_party"] = _name(summary, "sender_name")
+            updates["receiver_party"] = _name(summary, "receiver_name")
+        for update in change.delivery_updates:
+            for key in update.fields:
+                if key not in DELIVERY_FIELDS:
+                    raise ValueError(f"unknown delivery field {key!r}")
+        return _Prepared(change, message_row, names, blob, updates, blob_update)
+
+    async def apply(self, change: Change) -> Applied:
+        prepared = self._prepare(change)
+        return await self._write(lambda conn: self._apply(conn, prepared))
+
+    def _party(self, conn: sqlite3.Connection, name: str | None) -> int | None:
+        if not name:
+            return None
+        party = self._parties.get(name)
+        if party is None:
+            conn.execute(SQL_PARTY_INSERT, (name, _fold(name)))
+            party = conn.execute(SQL_PARTY_ID, (name,)).fetchone()[0]
+            self._parties[name] = party
+        return party
+
+    def _apply(self, conn: sqlite3.Connection, p: _Prepared) -> Applied:
+        change = p.change
+        new_id = None
+        if p.message_row is not None:
+            m = change.new_message
+            row = conn.execute(SQL_MESSAGE_BY_DEDUPE, (m.dedupe_key,)).fetchone()
+            if row is not None:
+                ids = [r[0] for r in conn.execute(SQL_DELIVERY_IDS, (row[0],))]
+                return Applied(row[0], ids, created=False)
+            parties = (self._party(conn, p.names[0]), self._party(conn, p.names[1]))
+            new_id = conn.execute(SQL_INSERT_MESSAGE, p.message_row + parties).lastrowid
+            if p.blob is not None:
+                conn.execute(SQL_INSERT_PAYLOAD, (new_id, m.received_at, len(p.blob), CODEC, p.blob))
+        message_id = new_id if new_id is not None else change.message_id
+        # The store has no clock of its own; the change's latest event says when it happened.
+        now = max((e.at for e in change.events), default=None)
+        if now is None:
+            now = time.time()
+
+        if change.message_fields:
+            if change.message_id is None:
+                raise ValueError("message_fields without message_id")
+            if not conn.execute(SQL_MESSAGE_EXISTS, (change.message_id,)).fetchone():
+                raise LookupError(f"no message {change.message_id}")
+            updates = dict(p.message_updates)
+            for key in ("sender_party", "receiver_party"):
+                if key in updates:
+                    updates[key] = self._party(conn, updates[key])
+            if updates:
+                assignments = ", ".join(f"{key} = ?" for key in updates)
+                conn.execute(
+                    SQL_UPDATE_MESSAGE.format(assignments=assignments), (*updates.values(), change.message_id)
+                )
+            given, blob = p.blob_update
+            if given:
+                if blob is None:
+                    conn.execute(SQL_DELETE_PAYLOAD, (change.message_id,))
+                else:
+                    received = conn.execute(SQL_MESSAGE_RECEIVED_AT, (change.message_id,)).fetchone()[0]
+                    conn.execute(SQL_INSERT_PAYLOAD, (change.message_id, received, len(blob), CODEC, blob))
+
+        delivery_ids = []
+        for d in change.new_deliveries:
+            owner = d.message_id if d.message_id is not None else message_id
+            if owner is None:
+                raise ValueError("a new delivery needs a message: new_message, message_id or its own")
+            values = {c: getattr(d, c) for c in DELIVERY_COLUMNS}
+            values["message_id"] = owner
+            if not values["updated_at"]:
+                values["updated_at"] = now
+            row = tuple(_sql_value(values[c]) for c in DELIVERY_COLUMNS)
+            delivery_ids.append(conn.execute(SQL_INSERT_DELIVERY, row).lastrowid)
+
+        for update in change.delivery_updates:
+            fields = {k: _sql_value(v) for k, v in update.fields.items()}
+            fields.setdefault("updated_at", now)
+            assignments = ", ".join(f"{key} = ?" for key in fields)
+            if update.expect_state is None:
+                cursor = conn.execute(
+                    SQL_UPDATE_DELIVERY.format(assignments=assignments),
+                    (*fields.values(), update.delivery_id),
+                )
+            else:
+                cursor = conn.execute(
+                    SQL_UPDATE_DELIVERY_FROM.format(assignments=assignments),
+                    (*fields.values(), update.delivery_id, str(update.expect_state)),
+                )
+            if cursor.rowcount == 0:
+                if not conn.execute(SQL_DELIVERY_EXISTS, (update.delivery_id,)).fetchone():
+                    raise LookupError(f"no delivery {update.delivery_id}")
+                raise Conflict(f"delivery {update.delivery_id} is no longer {update.expect_state}")
+
+        rows = []
+        for e in change.events:
+            delivery_id = e.delivery_id
+            if delivery_id is None and e.new_delivery_index is not None:
+                delivery_id = delivery_ids[e.new_delivery_index]
+            rows.append(
+                (
+                    e.message_id if e.message_id is not None else message_id,
+                    delivery_id,
+                    e.at,
+                    str(e.actor),
+                    str(e.kind),
+                    None if e.from_state is None else str(e.from_state),
+                    None if e.to_state is None else str(e.to_state),
+                    e.reason or "",
+                    _json(e.details or {}),
+                )
+            )
+        if rows:
+            conn.executemany(SQL_INSERT_EVENT, rows)
+        return Applied(message_id, delivery_ids, created=True)
+
+    # --- claim and leases ----------------------------------------------------------------------
+
+    async def claim(
+        self,
+        transport: str,
+        now: float,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        exclude_receivers: Sequence[int] = (),
+    ) -> list[Claimed]:
+        if limit <= 0:
+            return []
+        excluded = frozenset(exclude_receivers)
+        rows = await self._write(
+            lambda conn: self._claim(conn, transport, now, limit, owner, now + lease_seconds, excluded)
+        )
+        return self._claimed(rows)
+
+    def _claim(self, conn, transport, now, limit, owner, lease_until, excluded) -> list:
+        picked = []
+        for delivery_id, state, receiver in conn.execute(SQL_CLAIM_CANDIDATES, (transport, now)):
+            if receiver in excluded:
+                continue
+            picked.append((delivery_id, state))
+            if len(picked) >= limit:
+                break
+        attempt = check_delivery(DeliveryState.QUEUED, DeliveryState.SENDING)
+        out, messages = [], {}
+        for delivery_id, state in picked:
+            conn.execute(SQL_CLAIM_ONE, (owner, lease_until, now, delivery_id, state))
+            row = conn.execute(SQL_DELIVERY_BY_ID, (delivery_id,)).fetchone()
+            delivery = _delivery(row)
+            conn.execute(
+                SQL_INSERT_EVENT,
+                (
+                    delivery.message_id,
+                    delivery_id,
+                    now,
+                    str(attempt.actor),
+                    attempt.trigger,
+                    state,
+                    str(DeliveryState.SENDING),
+                    f"attempt {delivery.attempts + 1}",
+                    _json({"owner": owner}),
+                ),
+            )
+            if delivery.message_id not in messages:
+                mrow = conn.execute(SQL_MESSAGE_BY_ID, (delivery.message_id,)).fetchone()
+                prow = conn.execute(SQL_PAYLOAD, (delivery.message_id,)).fetchone()
+                messages[delivery.message_id] = (mrow, prow)
+            out.append((delivery, *messages[delivery.message_id]))
+        return out
+
+    @staticmethod
+    def _claimed(rows) -> list[Claimed]:
+        # Decompressed here, on the caller's side, to keep the writer thread free.
+        cache: dict[int, MessageRecord] = {}
+        out = []
+        for delivery, mrow, prow in rows:
+            message = cache.get(delivery.message_id)
+            if message is None:
+                message = _message(mrow, None if prow is None else decompress(*prow))
+                cache[delivery.message_id] = message
+            out.append(Claimed(delivery, message))
+        return out
+
+    async def release_expired_leases(self, now: float) -> int:
+        return await self._write(lambda conn: self._release(conn, now))
+
+    def _release(self, conn: sqlite3.Connection, now: float) -> int:
+        resumed = check_delivery(DeliveryState.SENDING, DeliveryState.QUEUED)
+        count = 0
+        for delivery_id, message_id, owner in conn.execute(SQL_EXPIRED_LEASES, (now,)).fetchall():
+            if conn.execute(SQL_RELEASE_ONE, (now, delivery_id)).rowcount:
+                conn.execute(
+                    SQL_INSERT_EVENT,
+                    (
+                        message_id,
+                        delivery_id,
+                        now,
+                        str(resumed.actor),
+                        resumed.trigger,
+                        str(DeliveryState.SENDING),
+                        str(DeliveryState.QUEUED),
+                        f"lease of {owner} ran out",
+                        "{}",
+                    ),
+                )
+                count += 1
+        return count
+
+    # --- simple reads --------------------------------------------------------------------------
+
+    async def get_message(self, message_id: int, with_payload: bool = False) -> MessageRecord | None:
+        def read(conn):
+            row = conn.execute(SQL_MESSAGE_BY_ID, (message_id,)).fetchone()
+            if row is None:
+                return None, None
+            return row, conn.execute(SQL_PAYLOAD, (message_id,)).fetchone() if with_payload else None
+
+        row, payload = await self._read(read)
+        if row is None:
+            return None
+        return _message(row, None if payload is None else decompress(*payload))
+
+    async def find_message(self, dedupe_key: str) -> MessageRecord | None:
+        row = await self._read(lambda conn: conn.execute(SQL_MESSAGE_BY_KEY, (dedupe_key,)).fetchone())
+        return None if row is None else _message(row)
+
+    async def find_by_msg_id(self, msg_id: str, direction: Direction | None = None) -> list[MessageRecord]:
+        if direction is None:
+            rows = await self._read(lambda conn: conn.execute(SQL_MESSAGES_BY_MSG_ID, (msg_id,)).fetchall())
+        else:
+            rows = await self._read(
+                lambda conn: conn.execute(SQL_MESSAGES_BY_MSG_ID_DIR, (msg_id, str(direction))).fetchall()
+            )
+        return [_message(row) for row in rows]
+
+    async def deliveries(self, message_id: int) -> list[DeliveryRecord]:
+        rows = await self._read(lambda conn: conn.execute(SQL_DELIVERIES_OF, (message_id,)).fetchall())
+        return [_delivery(row) for row in rows]
+
+    async def events(self, message_id: int) -> list[Event]:
+        rows = await self._read(lambda conn: conn.execute(SQL_EVENTS_OF, (message_id,)).fetchall())
+        return [_event(row) for row in rows]
+
+    async def due(
+        self, now: float, states: Sequence[DeliveryState], field_name: str, limit: int
+    ) -> list[DeliveryRecord]:
+        if field_name not in TIME_FIELDS:
+            raise ValueError(f"due() cannot look at {field_name!r}")
+        if not states or limit <= 0:
+            return []
+        sql = SQL_DUE.format(marks=", ".join("?" * len(states)), field=field_name)
+        params = (*(str(s) for s in states), now, limit)
+        rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [_delivery(row) for row in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._read(lambda conn: conn.execute(SQL_COUNTS).fetchall())
+        out = {str(state): 0 for state in DeliveryState}
+        out.update(dict(rows))
+        return out
+
+    # --- search --------------------------------------------------------------------------------
+
+    async def search(self, query: Query) -> list[MessageRecord]:
+        return await self._read(lambda conn: self._search(conn, query))
+
+    def _search(self, conn: sqlite3.Connection, q: Query) -> list[MessageRecord]:
+        limit = max(1, min(int(q.limit), MAX_LIMIT))
+        # Equalities on indexed message columns, most selective first: the first may drive.
+        equal = [
+            (column, value)
+            for column, value in (
+                ("msg_id", q.msg_id),
+                ("conversation", q.conversation),
+                ("receiver_her", q.receiver_her),
+                ("sender_her", q.sender_her),
+            )
+            if value is not None
+        ]
+        delivery_state = None
+        if q.state is not None:
+            if q.state in MessageState._value2member_map_:
+                equal.append(("state", q.state))
+            elif q.state in DeliveryState._value2member_map_:
+                delivery_state = q.state
+            else:
+                return []
+        if q.msg_type is not None:
+            equal.append(("msg_type", q.msg_type))
+        ranged = q.since is not None or q.until is not None
+
+        groups: list[list[tuple[str, str, tuple]]] = []  # OR groups of (source, condition, params)
+        if q.text is not None and q.text.strip():
+            groups.append(self._text_alternatives(conn, q.text.strip()))
+        if q.her_id is not None:
+            groups.append(_her_alternatives(q.her_id))
+
+        if groups:
+            driver = None
+        elif equal and equal[0][0] in SELECTIVE:
+            driver = ("messages", f"m.{equal[0][0]} = ?", (equal.pop(0)[1],))
+        elif delivery_state is not None:
+            driver = ("deliveries_state", "d.state = ?", (delivery_state,))
+            delivery_state = None
+        elif ranged:
+            driver = ("time", "", ())
+        elif equal:
+            # A message state or type alone: its index yields the rows newest first.
+            driver = ("messages", f"m.{equal[0][0]} = ?", (equal.pop(0)[1],))
+        else:
+            driver = ("messages", "1", ())
+
+        # Everything that does not drive is a plain filter; "+" keeps SQLite off its index.
+        filters: list[tuple[str, tuple]] = [(f"+m.{column} = ?", (value,)) for column, value in equal]
+        if q.direction is not None:
+            filters.append(("+m.direction = ?", (str(q.direction),)))
+        if q.since is not None:
+            filters.append(("+m.received_at >= ?", (q.since,)))
+        if q.until is not None:
+            filters.append(("+m.received_at < ?", (q.until,)))
+        if delivery_state is not None:
+            filters.append((SQL_HAS_DELIVERY_IN_STATE, (delivery_state,)))
+        for group in groups[1:]:
+            filters.append(_or_condition(group))
+
+        if driver is None:
+            branches = [_branch(alternative, filters, q.before_id, limit) for alternative in groups[0]]
+        elif driver[0] == "time":
+            branches = [_time_branch(q.msg_type is not None, filters, q.before_id, limit)]
+        else:
+            branches = [_branch(driver, filters, q.before_id, limit)]
+        sql = SQL_SEARCH.format(union=" UNION ".join(b for b, _ in branches), limit=limit)
+        params = tuple(p for _, ps in branches for p in ps)
+        ids = [row[0] for row in conn.execute(sql, params)]
+        if not ids:
+            return []
+        rows = conn.execute(SQL_MESSAGES_BY_IDS.format(marks=", ".join("?" * len(ids))), ids).fetchall()
+        return [_message(row) for row in rows]
+
+    def _text_alternatives(self, conn: sqlite3.Connection, text: str) -> list[tuple[str, str, tuple]]:
+        out: list[tuple[str, str, tuple]] = [("messages", "m.msg_id = ?", (text,))]
+        if text.isascii() and text.isdigit() and len(text) <= 18:
+            out += _her_alternatives(int(text))
+        parties = [row[0] for row in conn.execute(SQL_PARTIES_MATCHING, (_fold(text),))]
+        if parties:
+            marks = ", ".join("?" * len(parties))
+            out.append(("messages", f"m.sender_party IN ({marks})", tuple(parties)))
+            out.append(("messages", f"m.receiver_party IN ({marks})", tuple(parties)))
+        return out
+
+    # --- retention -----------------------------------------------------------------------------
+
+    async def purge_payloads(self, older_than: float, max_total_bytes: int | None) -> int:
+        purged = await self._write(lambda conn: self._purge(conn, older_than, max_total_bytes))
+        if purged:
+            # Give the freed pages back to the file system, a chunk at a time so that other
+            # writers get their turns in between.
+            while await self._write(self._vacuum_step, kind="solo"):
+                pass
+        return purged
+
+    def _purge(self, conn: sqlite3.Connection, older_than: float, cap: int | None) -> int:
+        purged = conn.execute(SQL_PURGE_OLD, (older_than,)).rowcount
+        if cap is None:
+            return purged
+        excess = conn.execute(SQL_PAYLOAD_TOTAL).fetchone()[0] - cap
+        if excess <= 0:
+            return purged
+        sql = SQL_PURGE_CANDIDATES.format(
+            final_messages=_literals(FINAL_MESSAGE_STATES), final_deliveries=_literals(FINAL_DELIVERY_STATES)
+        )
+        victims = []
+        for final in (1, 0):
+            for message_id, stored in conn.execute(sql, (final,)):
+                victims.append((message_id,))
+                excess -= stored
+                if excess <= 0:
+                    break
+            if excess <= 0:
+                break
+        conn.executemany(SQL_DELETE_PAYLOAD, victims)
+        return purged + len(victims)
+
+    def _vacuum_step(self, conn: sqlite3.Connection) -> bool:
+        conn.execute(SQL_INCREMENTAL_VACUUM.format(pages=VACUUM_CHUNK)).fetchall()
+        return conn.execute(SQL_FREELIST).fetchone()[0] > 0 and self._open
+
+    # --- for benchmarks and tools --------------------------------------------------------------
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the main file and truncate it (tests read the file afterwards)."""
+        await self._write(lambda conn: conn.execute(SQL_CHECKPOINT).fetchall(), kind="solo")
+
+
+def _name(summary: dict | None, key: str) -> str | None:
+    value = (summary or {}).get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _branch(
+    driver: tuple[str, str, tuple], filters: list[tuple[str, tuple]], before_id: int | None, limit: int
+) -> tuple[str, tuple]:
+    source, condition, params = driver
+    conditions = [condition, *(c for c, _ in filters)]
+    params = params + tuple(p for _, ps in filters for p in ps)
+    if source == "messages":
+        if before_id is not None:
+            conditions.append("m.id < ?")
+            params += (before_id,)
+        return SQL_SEARCH_BRANCH.format(where=" AND ".join(conditions), limit=limit), params
+    if before_id is not None:
+        conditions.append("d.message_id < ?")
+        params += (before_id,)
+    return (
+        SQL_SEARCH_BRANCH_DELIVERY.format(index=source, where=" AND ".join(conditions), limit=limit),
+        params,
+    )
+
+
+def _time_branch(
+    with_type: bool, filters: list[tuple[str, tuple]], before_id: int | None, limit: int
+) -> tuple[str, tuple]:
+    # The range (and type) come from the index; the newest `limit` of it are kept by a top-N sort
+    # over index entries only.
+    conditions = [
+        c.replace("+m.received_at", "m.received_at").replace("+m.msg_type", "m.msg_type") for c, _ in filters
+    ]
+    params = tuple(p for _, ps in filters for p in ps)
+    if before_id is not None:
+        conditions.append("m.id < ?")
+        params += (before_id,)
+    index = "messages_type_time" if with_type else "messages_time"
+    return SQL_SEARCH_TIME_BRANCH.format(index=index, where=" AND ".join(conditions), limit=limit), params
+
+
+def _her_alternatives(her: int) -> list[tuple[str, str, tuple]]:
+    return [
+        ("messages", "m.sender_her = ?", (her,)),
+        ("messages", "m.receiver_her = ?", (her,)),
+        ("deliveries_receiver", "d.receiver_her = ?", (her,)),
+    ]
+
+
+def _or_condition(alternatives: list[tuple[str, str, tuple]]) -> tuple[str, tuple]:
+    parts, params = [], []
+    for source, condition, ps in alternatives:
+        if source == "messages":
+            parts.append("+" + condition)
+        else:
+            parts.append(
+                "EXISTS (SELECT 1 FROM deliveries AS d WHERE d.message_id = m.id AND " + condition + ")"
+            )
+        params += ps
+    return "(" + " OR ".join(parts) + ")", tuple(params)
+
+
+def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _settle_all(items) -> None:
+    for future, result, exc in items:
+        _settle(future, result, exc)
