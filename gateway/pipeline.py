@@ -312,7 +312,7 @@ class Pipeline:
         return applied.message_id
 
     async def _correlate_apprec(
-        self, apprec: Message, direction_of_original: Direction, now: float
+        self, apprec: Message, direction_of_original: Direction | None, now: float
     ) -> tuple[list[DeliveryUpdate], list[Event]]:
         """Delivery updates and events that record an arriving AppRec on what it answers."""
         info = apprec.apprec
@@ -419,7 +419,7 @@ class Pipeline:
         record = self._record(Direction.OUTBOUND, MessageState.ACCEPTED, data, message, source, now=now)
         change = self._accept_change(record, message, decision, now, Actor.GATEWAY)
         if message.kind.family == Family.APPREC:
-            updates, events = await self._correlate_apprec(message, Direction.INBOUND, now)
+            updates, events = await self._correlate_apprec(message, None, now)
             change.delivery_updates += updates
             change.events += events
         try:
@@ -527,7 +527,7 @@ class Pipeline:
         record.summary["algorithms"] = algorithms
         change = self._accept_change(record, message, decision, now, Actor.PEER)
         if message.kind.family == Family.APPREC:
-            updates, events = await self._correlate_apprec(message, Direction.OUTBOUND, now)
+            updates, events = await self._correlate_apprec(message, None, now)
             change.delivery_updates += updates
             change.events += events
         try:

@@ -30,10 +30,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-async def wait_healthy(url: str, ca: Path, timeout: float = 60.0) -> None:
+async def wait_healthy(
+    url: str, ca: Path, client: tuple[Path, Path] | None = None, timeout: float = 60.0
+) -> None:
     import aiohttp
 
     ctx = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        # The demo gateways require mutual TLS, so the health check shows a certificate too.
+        ctx.load_cert_chain(str(client[0]), str(client[1]))
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while True:
@@ -72,8 +77,11 @@ async def run_demo(directory: Path, base_port: int, traffic: bool, pace: float) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        for gw in info["gateways"].values():
-            await wait_healthy(gw["url"], directory / "pki" / "ca.pem")
+        tls = directory / "tls"
+        for name, gw in info["gateways"].items():
+            await wait_healthy(
+                gw["url"], directory / "pki" / "ca.pem", (tls / f"{name}.pem", tls / f"{name}.key")
+            )
         systems = {
             int(her): SimulatedSystem(int(her), s["name"], Path(s["out"]), Path(s["in"]))
             for her, s in info["systems"].items()
