@@ -21,6 +21,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/crypto.py
+
+# The demo network: the hospital trust's gateway on :8080, the municipalities' on :8081.
+run: $(STAMP)
+	$(BIN)/komut demo --dir var/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info
