@@ -114,7 +114,22 @@ def _tls_cert(pki: Path, name: str, out: Path) -> None:
     key_path.chmod(0o600)
 
 
-def _config_text(directory: Path, name: str, port: int, base_port: int, systems: list[DemoSystem]) -> str:
+DEMO_DELIVERY = {
+    "retry_schedule": DEMO_RETRY,
+    "ttl": '"96h"',
+    "apprec_timeout": '"96h"',
+    "circuit_reset": '"20s"',
+}
+
+
+def _config_text(
+    directory: Path,
+    name: str,
+    port: int,
+    base_port: int,
+    systems: list[DemoSystem],
+    delivery: dict[str, str] | None = None,
+) -> str:
     mine = [s for s in systems if s.gateway == name]
     serves = ", ".join(str(s.her_id) for s in mine)
     lines = [
@@ -150,10 +165,7 @@ def _config_text(directory: Path, name: str, port: int, base_port: int, systems:
         'path = "komut.db"',
         "",
         "[delivery]",
-        f"retry_schedule = {DEMO_RETRY}",
-        'ttl = "96h"',
-        'apprec_timeout = "96h"',
-        'circuit_reset = "20s"',
+        *(f"{key} = {value}" for key, value in {**DEMO_DELIVERY, **(delivery or {})}.items()),
         "",
         "[retention]",
         "payload_days = 30",
@@ -180,8 +192,12 @@ def _config_text(directory: Path, name: str, port: int, base_port: int, systems:
     return "\n".join(lines)
 
 
-def setup_demo(directory: str | Path, base_port: int = 8080) -> dict:
-    """Create what is missing in `directory` (the PKI only once) and return demo.json's content."""
+def setup_demo(
+    directory: str | Path, base_port: int = 8080, *, delivery: dict[str, str] | None = None
+) -> dict:
+    """Create what is missing in `directory` (the PKI only once) and return demo.json's content.
+
+    `delivery` overrides [delivery] settings, as TOML values (tests use fast retries)."""
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     pki = directory / "pki"
@@ -198,7 +214,7 @@ def setup_demo(directory: str | Path, base_port: int = 8080) -> dict:
     for i, name in enumerate(GATEWAYS):
         port = base_port + i
         config = directory / f"{name}.toml"
-        config.write_text(_config_text(directory, name, port, base_port, systems), encoding="utf-8")
+        config.write_text(_config_text(directory, name, port, base_port, systems, delivery), encoding="utf-8")
         info["gateways"][name] = {"url": f"https://127.0.0.1:{port}", "config": str(config)}
     for s in systems:
         info["systems"][str(s.her_id)] = {
