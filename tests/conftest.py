@@ -48,3 +48,21 @@ def validator():
     from gateway.validation import Validator
 
     return Validator()
+
+
+@pytest.fixture(scope="session")
+def demo_pki(tmp_path_factory) -> Path:
+    """One demo PKI per test session (RSA key generation takes seconds); tests copy it."""
+    from e2e import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("demo-pki"))
+
+
+@pytest.fixture
+def net(tmp_path, demo_pki):
+    """Two real gateways (hospital, municipal) on 127.0.0.1, stopped after the test."""
+    from e2e import Net
+
+    network = Net(tmp_path / "net", demo_pki)
+    yield network
+    network.stop_all()
