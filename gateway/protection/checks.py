@@ -187,7 +187,8 @@ class CertificateChecker:
         except VerificationError as exc:
             raise ProtectionError(
                 FailureKind.UNTRUSTED,
-                f"no valid chain to a configured trust anchor: {exc}",
+                f"no valid chain from issuer {record.info.issuer!r} to a configured trust anchor "
+                f"(is the issuing CA, or its intermediate, configured?): {exc}",
                 record.described(source),
             ) from None
         chain = tuple(record_of(c) for c in verified.chain)

@@ -77,7 +77,16 @@ def encrypt(content: bytes, recipient: CertRecord, cipher: Cipher) -> bytes:
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise ValueError("only RSA recipients are supported")
     wrapped = public_key.encrypt(key, padding.PKCS1v15())
-    recipient_info = der.seq(_VERSION_0, recipient.issuer_and_serial, _RSA_PKCS1, der.octet_string(wrapped))
+    return assemble(recipient, cipher, iv, wrapped, encrypted)
+
+
+def assemble(
+    recipient: CertRecord, cipher: Cipher, iv: bytes, wrapped_key: bytes, encrypted: Sequence[bytes]
+) -> bytes:
+    """The EnvelopedData around an already encrypted content (tests build broken ones with it)."""
+    recipient_info = der.seq(
+        _VERSION_0, recipient.issuer_and_serial, _RSA_PKCS1, der.octet_string(wrapped_key)
+    )
     content_info = der.nest(
         der.UNIVERSAL,
         True,

@@ -178,6 +178,35 @@ class DemoCa:
             builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
         return Issued(key, builder.sign(self.key, hashes.SHA256()))
 
+    def intermediate(self, name: str, *, key: rsa.RSAPrivateKey | None = None, days: int = 1825) -> DemoCa:
+        """A subordinate CA, as national CAs issue enterprise certificates (root, then issuing CA)."""
+        key = key or new_key()
+        now = dt.datetime.now(dt.UTC)
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "NO"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "komut demo"),
+                x509.NameAttribute(NameOID.COMMON_NAME, name),
+            ]
+        )
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(min(now + dt.timedelta(days=days), self.cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(CA_USAGE, critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        return DemoCa(key, cert, self.crl_url)
+
     def crl(
         self,
         revoked: Iterable[x509.Certificate] = (),
@@ -207,6 +236,15 @@ class DemoCa:
             )
             builder = builder.add_revoked_certificate(entry)
         return builder.sign(self.key, hashes.SHA256())
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DemoCa:
+        """The CA of a PKI made by init_pki (to issue more certificates or a new CRL)."""
+        directory = Path(directory)
+        key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("the demo CA key is not RSA")
+        return cls(key, x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes()))
 
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

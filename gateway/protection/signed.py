@@ -38,7 +38,7 @@ from gateway.protection.envelope import CANNOT_DECRYPT
 from gateway.protection.errors import FailureKind, ProtectionError
 from gateway.protection.policy import ProtectionPolicy
 
-EMBEDDED = "embedded in the message"
+EMBEDDED = "the message's SignedData"
 REGISTERED = "the address registry (expected signer certificates)"
 
 
