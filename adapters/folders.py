@@ -263,6 +263,8 @@ class FolderTransport:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self, inbound: Inbound) -> None:
+        if self._task is not None and not self._task.done():
+            raise RuntimeError(f"the {self.name} transport is already started")
         self._inbound = inbound
         self._stopping = asyncio.Event()
         # Files left in .processing/ by an earlier run are due at once: they come first in the first poll.

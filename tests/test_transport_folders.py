@@ -274,10 +274,16 @@ async def test_gateway_side_refusal_5xx_is_retried_not_filed_as_error(party):
 
 async def test_concurrency_is_bounded(party):
     inbound = FakeInbound()
+    inbound.block = asyncio.Event()
     t = await transport_for(party, inbound, concurrency=2)
     for i in range(6):
         drop(party, f"m{i}.xml", b"<m/>")
-    assert await t.poll_once() == 6
+    poll = asyncio.create_task(t.poll_once())
+    await until(lambda: inbound.in_flight == 2, "two in the pipeline at once")
+    await asyncio.sleep(0.1)  # room for a third to sneak in if the bound were missing
+    assert inbound.in_flight == 2
+    inbound.block.set()
+    assert await poll == 6
     assert inbound.max_in_flight == 2
     assert len(files(party.archive)) == 6
 
@@ -414,6 +420,25 @@ async def test_send_never_overwrites_a_different_file(party):
     assert (party.inbox / "dialog_notat-4a4f0a5e.xml").read_bytes() == b"<first/>"
     assert (party.inbox / "dialog_notat-4a4f0a5e-2.xml").read_bytes() == b"<second/>"
     assert third.receipt["already_there"] is True
+
+
+async def test_send_does_not_clobber_a_file_that_appears_while_writing(party, monkeypatch):
+    import adapters.folders as folders
+
+    target = party.inbox / "dialog_notat-4a4f0a5e.xml"
+    real_fsync = os.fsync
+
+    def racing_fsync(fd):
+        # Someone else creates the same name between our check and our rename.
+        if not target.exists():
+            target.write_bytes(b"<theirs/>")
+        real_fsync(fd)
+
+    monkeypatch.setattr(folders.os, "fsync", racing_fsync)
+    result = await FolderTransport("folder", [party]).send(outgoing(party, b"<ours/>"))
+    assert result.outcome == Outcome.DELIVERED
+    assert target.read_bytes() == b"<theirs/>"
+    assert (party.inbox / "dialog_notat-4a4f0a5e-2.xml").read_bytes() == b"<ours/>"
 
 
 async def test_send_default_and_hostile_names(party):
