@@ -87,6 +87,7 @@ class HttpCrlSource:
             timeout = aiohttp.ClientTimeout(total=self.timeout)
             async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
                 if response.status != 200:
+                    self._failed(url)
                     raise CrlFetchError(f"{url}: HTTP {response.status}")
                 data = await response.content.read(self.max_bytes + 1)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
