@@ -155,15 +155,52 @@ def _same_bytes(path: Path, data: bytes) -> bool:
         return False
 
 
+LEDGER = ".delivered"
+
+
+def _ledger_marker(folder: Path, name: str) -> Path:
+    # Beside the in-folder, not in it, so local systems never see it.
+    return folder.parent / LEDGER / f"{name}.sha256"
+
+
+def _recorded(folder: Path, name: str, data: bytes) -> Path | None:
+    """The path an earlier attempt delivered these exact bytes to, if any (the ledger)."""
+    try:
+        text = _ledger_marker(folder, name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    digest, _, written = text.strip().partition(" ")
+    return folder / written if written and digest == hashlib.sha256(data).hexdigest() else None
+
+
+def _record(folder: Path, name: str, data: bytes, path: Path) -> None:
+    marker = _ledger_marker(folder, name)
+    marker.parent.mkdir(exist_ok=True)
+    tmp = marker.with_name(f".{marker.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(f"{hashlib.sha256(data).hexdigest()} {path.name}\n", encoding="utf-8")
+    os.replace(tmp, marker)
+
+
 def _deliver_file(folder: Path, name: str, data: bytes) -> tuple[Path, bool]:
-    """Write `data` as `name` (or name-2, ...) in `folder`. Returns the path and whether it was there already."""
+    """Write `data` as `name` (or name-2, ...) in `folder`. Returns the path and whether it was there already.
+
+    A delivery interrupted after the file became visible (the gateway killed before it recorded the
+    receipt) is tried again later, and by then the local system may have taken the file away. The
+    ledger remembers what was delivered, so the retry says "already delivered" instead of handing the
+    same message over twice. Left open is only the instant between the link and the ledger write,
+    with no await and no other I/O in between.
+    """
     if not folder.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such folder", str(folder))
+    earlier = _recorded(folder, name, data)
+    if earlier is not None:
+        return earlier, True
     stem, ext = os.path.splitext(name)
     for n in range(1, MAX_SUFFIX + 1):
         candidate = name if n == 1 else f"{stem}-{n}{ext}"
         path = folder / candidate
         if _same_bytes(path, data):
+            _record(folder, name, data, path)
             return path, True
         if path.exists() or path.is_symlink():
             continue
@@ -188,7 +225,9 @@ def _deliver_file(folder: Path, name: str, data: bytes) -> tuple[Path, bool]:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        _record(folder, name, data, path)
         _fsync_dir(folder)
+        _fsync_dir(folder.parent / LEDGER)
         return path, False
     raise OSError(errno.EEXIST, f"{MAX_SUFFIX} files named like {name} already there", str(folder))
 

@@ -483,3 +483,17 @@ async def test_send_to_an_unwritable_folder_is_transient(party):
         party.inbox.chmod(0o700)
     assert result.outcome == Outcome.TRANSIENT
     assert "permission" in result.detail
+
+
+async def test_a_retry_after_the_local_system_took_the_file_does_not_deliver_it_again(party):
+    """The gateway died after the file became visible and before it recorded the receipt; the
+    local system has taken the file meanwhile. The retry must not hand it over a second time."""
+    t = FolderTransport("folder", [party])
+    first = await t.send(outgoing(party, b"<once/>"))
+    (party.inbox / Path(first.receipt["path"]).name).unlink()  # the local system consumed it
+    again = await t.send(outgoing(party, b"<once/>"))
+    assert again.outcome == Outcome.DELIVERED and again.receipt["already_there"] is True
+    assert files(party.inbox) == []
+    # Different bytes under the same name are a different delivery and do arrive.
+    other = await t.send(outgoing(party, b"<other/>"))
+    assert other.receipt["already_there"] is False and len(files(party.inbox)) == 1
