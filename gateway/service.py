@@ -20,7 +20,7 @@ from gateway.config import Config
 from gateway.dispatcher import Dispatcher
 from gateway.pipeline import Pipeline
 from gateway.registry import RegistryHolder, RegistrySource, install_sighup
-from gateway.routing import LocalEndpoint
+from gateway.routing import LocalEndpoint, local_endpoints
 from gateway.schemas import load_schema_set
 from gateway.security import Security
 from gateway.store import Store
@@ -50,14 +50,11 @@ def folder_layout(config: Config) -> tuple[list, dict[int, LocalEndpoint]]:
     """FolderParty per served HER-id of each folder-connected local system, and their endpoints."""
     from adapters.folders import FolderParty
 
-    parties, endpoints = [], {}
-    for system in config.local_systems:
-        if system.transport != "folder" or system.folder is None:
-            continue
-        for her in system.her_ids:
-            root = system.folder if len(system.her_ids) == 1 else system.folder / str(her)
-            parties.append(FolderParty(her, root))
-            endpoints[her] = LocalEndpoint(system.name, "folder", str(root / "in"))
+    endpoints = local_endpoints(config)
+    # The endpoint's address is the party's in-folder; its parent is the party's folder root.
+    parties = [
+        FolderParty(her, Path(e.address).parent) for her, e in endpoints.items() if e.transport == "folder"
+    ]
     return parties, endpoints
 
 
@@ -101,7 +98,11 @@ class Gateway:
             ssl_ctx = client_ssl_context(c.tls_ca, cert=c.tls_client_cert, key=c.tls_client_key)
         self.transports["https"] = HttpsPeerTransport("https", ssl_context=ssl_ctx)
         self.transports["folder"] = FolderTransport(
-            "folder", self._folder_parties, poll_interval=c.delivery.poll_interval
+            "folder",
+            self._folder_parties,
+            poll_interval=c.delivery.poll_interval,
+            # With FIFO on, files are taken in in the order the local system wrote them.
+            concurrency=1 if c.delivery.fifo else 4,
         )
 
     async def start(self) -> None:
