@@ -9,6 +9,7 @@ COMMAND_MODULES = (
     "gateway.commands.validate",
     "gateway.commands.serve",
     "gateway.commands.demo",
+    "gateway.commands.lifecycle",
     "gateway.commands.registry",
     "gateway.commands.route",
     "gateway.commands.protect",
