@@ -131,11 +131,6 @@ class Credential:
     def record(self) -> CertRecord:
         return record_of(self.cert)
 
-    @cached_property
-    def certificates_der(self) -> tuple[bytes, ...]:
-        """Our certificate and its intermediates, as sent in SignedData."""
-        return tuple(c.public_bytes(DER) for c in (self.cert, *self.chain))
-
     @classmethod
     def load(cls, key_path: str | Path, cert_path: str | Path) -> Credential:
         certs = load_certificates(cert_path)

@@ -1,4 +1,5 @@
-"""Reading and writing the few fixed CMS fields on the hot path, with asn1crypto's tokenizer.
+"""Reading the few fixed CMS fields on the hot path with asn1crypto's tokenizer; writing the
+EnvelopedData that python-cryptography's builder cannot (3DES, AES-192).
 
 asn1crypto's typed classes cost 10-20 us per field touched; a message needs ~40 fields, which was
 most of unprotect's time (see docs/security.md). Reading: asn1crypto's ``parser.parse`` does the
@@ -9,7 +10,6 @@ through asn1crypto's typed classes, loaded from the bytes of one element.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 from asn1crypto import core, parser
@@ -124,14 +124,13 @@ def header(cls: int, constructed: bool, tag: int, length: int) -> bytes:
 
 
 def emit(cls: int, constructed: bool, tag: int, contents: bytes) -> bytes:
-    # About 5x faster than asn1crypto's general parser.emit (a fifth of protect's overhead).
     return header(cls, constructed, tag, len(contents)) + contents
 
 
 @dataclass(frozen=True, slots=True)
 class Nested:
-    """An encoding kept as a list of pieces, so a 20 KB content is copied once, at ``encode``,
-    instead of once per enclosing layer (six layers in sign-then-encrypt)."""
+    """An encoding kept as a list of pieces, so a large content is copied once, at ``encode``,
+    instead of once per enclosing layer."""
 
     parts: tuple[bytes, ...]
     length: int
@@ -163,10 +162,6 @@ def set_of(*parts: bytes) -> bytes:
     return parser.emit(UNIVERSAL, 1, SET, b"".join(sorted(parts)))
 
 
-def explicit(tag: int, inner: bytes) -> bytes:
-    return parser.emit(CONTEXT, 1, tag, inner)
-
-
 def octet_string(value: bytes) -> bytes:
     return parser.emit(UNIVERSAL, 0, OCTET_STRING, value)
 
@@ -179,11 +174,3 @@ def small_int(value: int) -> bytes:
 
 def oid(dotted: str) -> bytes:
     return core.ObjectIdentifier(dotted).dump()
-
-
-def time(value: dt.datetime) -> bytes:
-    """UTCTime until 2049, GeneralizedTime after (RFC 5652 section 11.3)."""
-    value = value.astimezone(dt.UTC)
-    if 1950 <= value.year < 2050:
-        return emit(UNIVERSAL, False, 23, value.strftime("%y%m%d%H%M%SZ").encode())
-    return emit(UNIVERSAL, False, 24, value.strftime("%Y%m%d%H%M%SZ").encode())

@@ -1,4 +1,4 @@
-"""CMS SignedData: RSA and hashes from python-cryptography, the CMS framing written and read here.
+"""CMS SignedData: signed with python-cryptography's PKCS7SignatureBuilder, verified here.
 
 cryptography has no public API to verify a CMS signature. Verification here is the RFC 5652
 section 5.4/5.6 procedure and nothing more: one signer, content embedded, message-digest attribute
@@ -8,7 +8,6 @@ content when there are none). Certificate checks are ``checks.py``'s job.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from gateway.protection import der
 from gateway.protection.algorithms import (
@@ -42,57 +42,16 @@ EMBEDDED = "the message's SignedData"
 REGISTERED = "the address registry (expected signer certificates)"
 
 
-_DATA = der.oid("1.2.840.113549.1.7.1")
-_SIGNED_DATA = der.oid("1.2.840.113549.1.7.2")
-_VERSION_1 = der.small_int(1)
-_SHA256 = der.seq(der.oid(DIGESTS["sha256"].oid))
-_RSA_PKCS1 = der.seq(der.oid("1.2.840.113549.1.1.1"), b"\x05\x00")
-_ATTR_CONTENT_TYPE = der.seq(der.oid("1.2.840.113549.1.9.3"), der.set_of(_DATA))
-_ATTR_MESSAGE_DIGEST = der.oid("1.2.840.113549.1.9.4")
-_ATTR_SIGNING_TIME = der.oid("1.2.840.113549.1.9.5")
-
-
-def sign(content: bytes, signer: Credential, at: dt.datetime | None = None) -> bytes:
-    """SignedData (RFC 5652 section 5): content embedded, SHA-256, RSA PKCS#1 v1.5, signed attributes
-    content-type, signing-time and message-digest, our certificate (and intermediates) included.
-
-    Written out directly rather than with PKCS7SignatureBuilder, whose overhead was a third of
-    protect's budget (docs/security.md); the bytes are checked by openssl cms -verify in the tests.
-    """
-    attrs = der.set_of(
-        _ATTR_CONTENT_TYPE,
-        der.seq(_ATTR_SIGNING_TIME, der.set_of(der.time(at or dt.datetime.now(dt.UTC)))),
-        der.seq(_ATTR_MESSAGE_DIGEST, der.set_of(der.octet_string(hashlib.sha256(content).digest()))),
+def sign(content: bytes, signer: Credential) -> bytes:
+    """SignedData: content embedded, SHA-256, RSA PKCS#1 v1.5, our certificate (and intermediates)."""
+    builder = (
+        pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(signer.cert, signer.key, hashes.SHA256())
     )
-    signature = signer.key.sign(attrs, padding.PKCS1v15(), hashes.SHA256())
-    signer_info = der.seq(
-        _VERSION_1,
-        signer.record.issuer_and_serial,
-        _SHA256,
-        b"\xa0" + attrs[1:],  # the same SET, as [0] IMPLICIT
-        _RSA_PKCS1,
-        der.octet_string(signature),
-    )
-    content_info = der.nest(
-        der.UNIVERSAL,
-        True,
-        der.SEQUENCE,
-        _DATA,
-        der.nest(der.CONTEXT, True, 0, der.nest(der.UNIVERSAL, False, der.OCTET_STRING, content)),
-    )
-    signed = der.nest(
-        der.UNIVERSAL,
-        True,
-        der.SEQUENCE,
-        _VERSION_1,
-        der.set_of(_SHA256),
-        content_info,
-        der.emit(der.CONTEXT, True, 0, b"".join(sorted(signer.certificates_der))),
-        der.set_of(signer_info),
-    )
-    return der.nest(
-        der.UNIVERSAL, True, der.SEQUENCE, _SIGNED_DATA, der.nest(der.CONTEXT, True, 0, signed)
-    ).encode()
+    # add_certificate() only after set_data()/add_signer(): those silently drop earlier certificates.
+    for cert in signer.chain:
+        builder = builder.add_certificate(cert)
+    # Binary keeps the bytes as they are (no LF to CRLF); SMIMECapabilities mean nothing to our peers.
+    return builder.sign(Encoding.DER, [pkcs7.PKCS7Options.Binary, pkcs7.PKCS7Options.NoCapabilities])
 
 
 @dataclass(frozen=True)
