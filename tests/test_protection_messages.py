@@ -357,3 +357,28 @@ def test_failure_kinds_map_to_apprec_or_transport():
 def test_keys_on_disk_are_unencrypted_demo_keys(pki: Pki):
     data = pki.path("parties", HOSPITAL, "sign.key").read_bytes()
     assert serialization.load_pem_private_key(data, None).key_size == 2048
+
+
+def test_revoked_in_any_current_crl(pki: Pki, municipality):
+    revoked = pki.test("revoked")
+    data = seal(MESSAGE, revoked, municipality[1].cert)
+    both = StaticCrlSource([pki.ca.crl(), pki.crl])  # an older CRL without the revocation comes first
+    error = refused(pki, data, municipality, [revoked.cert], checker=pki.checker(crl_source=both))
+    assert error.kind is FailureKind.REVOKED
+
+
+def test_crl_files_are_reread_when_they_change(pki: Pki, municipality, tmp_path):
+    from gateway.protection import FileCrlSource
+
+    revoked = pki.test("revoked")
+    data = seal(MESSAGE, revoked, municipality[1].cert)
+    path = tmp_path / "ca.crl"
+    path.write_bytes(pki.ca.crl().public_bytes(serialization.Encoding.DER))
+    source = FileCrlSource([path], recheck_seconds=0)
+    assert (
+        receive(pki, data, municipality, [revoked.cert], checker=pki.checker(crl_source=source)).content
+        == MESSAGE
+    )
+    path.write_bytes(pki.crl.public_bytes(serialization.Encoding.PEM) + b"\n")
+    error = refused(pki, data, municipality, [revoked.cert], checker=pki.checker(crl_source=source))
+    assert error.kind is FailureKind.REVOKED

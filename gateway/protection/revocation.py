@@ -154,6 +154,8 @@ class RevocationChecker:
         issuer = issuer_record.cert
         urls = self._urls.get(record.der)
         if urls is None:
+            if len(self._urls) >= 4 * self._limit:
+                self._urls.clear()
             urls = self._urls[record.der] = crl_urls(record.cert)
         crls = self.source.crls(issuer, urls) if self.source is not None else ()
         issuer_name = issuer_record.info.subject
@@ -163,6 +165,9 @@ class RevocationChecker:
                 RevocationStatus.UNKNOWN, f"no CRL available for issuer {issuer_name!r}{where}"
             )
         problems: list[str] = []
+        good = False
+        # Every usable CRL is consulted: with an old and a new CRL at hand, only the new one may
+        # list a revocation.
         for crl in crls:
             checked = self._check(crl, issuer_record)
             if checked.problem:
@@ -178,7 +183,12 @@ class RevocationChecker:
                     f"CRL from {issuer_name!r} is out of date (nextUpdate {checked.next_update:%Y-%m-%d %H:%M}Z)"
                 )
                 continue
-            return self._lookup(checked, record.serial)
+            answer = self._lookup(checked, record.serial)
+            if answer.status is RevocationStatus.REVOKED:
+                return answer
+            good = True
+        if good:
+            return RevocationAnswer(RevocationStatus.GOOD)
         return RevocationAnswer(RevocationStatus.UNKNOWN, "; ".join(problems))
 
     def _lookup(self, checked: _CheckedCrl, serial: int) -> RevocationAnswer:
