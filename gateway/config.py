@@ -103,6 +103,10 @@ class Config:
     schema_dirs: tuple[Path, ...] = ()
     apprec_version: str = "1.0"
     source: Path | None = None
+    # Every section of the file as read, so a feature can parse its own (e.g. [api], [ui]) without
+    # this module knowing it; relative paths in them resolve against `base_dir`.
+    sections: dict = field(default_factory=dict)
+    base_dir: Path | None = None
 
 
 def _path(base: Path, value: str | None) -> Path | None:
@@ -204,4 +208,6 @@ def parse_config(data: dict, base: Path, source: Path | None = None) -> Config:
         schema_dirs=tuple(_path(base, p) for p in data.get("validation", {}).get("schema_dirs", [])),
         apprec_version=str(data.get("receipts", {}).get("apprec_version", "1.0")),
         source=source,
+        sections=data,
+        base_dir=base,
     )

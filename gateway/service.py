@@ -7,6 +7,7 @@ interfaces in `gateway.store` and `gateway.transport`.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from gateway.store import Store
 from gateway.timers import Timers
 from gateway.transport import Transport
 from gateway.validation import Validator
+from gateway.web import WEB_MODULES
 
 log = logging.getLogger("komut.service")
 
@@ -125,6 +127,8 @@ class Gateway:
         peer_routes(self.app, self.pipeline, path=PEER_PATH)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
+        for module in WEB_MODULES:
+            importlib.import_module(module).setup(self.app, self)
         ssl_ctx = None
         if c.tls_cert and c.tls_key:
             ssl_ctx = server_ssl_context(
