@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import queue
 import sqlite3
 import threading
@@ -91,10 +92,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_conversation ON messages(conversation);
     CREATE INDEX messages_state ON messages(state);
     CREATE INDEX messages_type ON messages(msg_type);
-    CREATE INDEX messages_type_time ON messages(msg_type, received_at);
-    CREATE INDEX messages_time ON messages(received_at);
     CREATE INDEX messages_sender_party ON messages(sender_party) WHERE sender_party IS NOT NULL;
     CREATE INDEX messages_receiver_party ON messages(receiver_party) WHERE receiver_party IS NOT NULL;
+
+    -- A time range becomes an id range: the smallest and largest received_at per block of ids
+    -- (as PostgreSQL's BRIN does). Ids follow arrival, so a range maps to few blocks, and every
+    -- index above keeps serving rows newest first within it; out-of-order times only widen it.
+    CREATE TABLE time_blocks (
+        block   INTEGER PRIMARY KEY,
+        min_at  REAL NOT NULL,
+        max_at  REAL NOT NULL
+    );
 
     -- Party names for text search, one row per distinct name: a substring match scans this
     -- small table, then the party indexes above find the messages.
@@ -171,8 +179,6 @@ PRAGMAS_WRITER = (
     "PRAGMA busy_timeout = 10000",
     "PRAGMA cache_size = -65536",
     "PRAGMA temp_store = MEMORY",
-    # Purged payloads are patient data: zero them in the file rather than leave them in free pages.
-    "PRAGMA secure_delete = ON",
 )
 PRAGMAS_READER = (
     "PRAGMA busy_timeout = 10000",
@@ -225,8 +231,24 @@ SQL_INSERT_MESSAGE = (
     f"VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 2))})"
 )
 SQL_INSERT_PAYLOAD = (
-    "INSERT OR REPLACE INTO payloads (message_id, received_at, stored, codec, data) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO payloads (message_id, received_at, stored, codec, data) VALUES (?, ?, ?, ?, ?)"
 )
+SQL_REPLACE_PAYLOAD = SQL_INSERT_PAYLOAD.replace("INSERT", "INSERT OR REPLACE", 1)
+SQL_PAYLOAD_RECEIVED_AT = "UPDATE payloads SET received_at = ? WHERE message_id = ?"
+SQL_TIME_BLOCK = """
+    INSERT INTO time_blocks (block, min_at, max_at) VALUES (? / {size}, ?, ?)
+    ON CONFLICT (block) DO UPDATE SET min_at = min(min_at, excluded.min_at), max_at = max(max_at, excluded.max_at)
+"""
+SQL_TIME_BLOCKS_REBUILD = """
+    DELETE FROM time_blocks;
+    INSERT INTO time_blocks (block, min_at, max_at)
+        SELECT id / {size}, min(received_at), max(received_at) FROM messages GROUP BY id / {size};
+"""
+SQL_TIME_RANGE_IDS = """
+    SELECT min(block) * {size}, max(block) * {size} + {size} - 1 FROM time_blocks
+    WHERE max_at >= ? AND min_at < ?
+"""
+SQL_SECURE_DELETE = "PRAGMA secure_delete = {on}"
 SQL_DELETE_PAYLOAD = "DELETE FROM payloads WHERE message_id = ?"
 SQL_INSERT_DELIVERY = f"INSERT INTO deliveries ({_D}) VALUES ({', '.join('?' * len(DELIVERY_COLUMNS))})"
 SQL_INSERT_EVENT = f"INSERT INTO events ({_E}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
@@ -307,11 +329,15 @@ SQL_SEARCH_BRANCH_DELIVERY = (
     "SELECT id FROM (SELECT DISTINCT d.message_id AS id FROM deliveries AS d INDEXED BY {index} "
     "CROSS JOIN messages AS m ON m.id = d.message_id WHERE {where} ORDER BY d.message_id DESC LIMIT {limit})"
 )
-SQL_SEARCH_TIME_BRANCH = (
-    "SELECT id FROM (SELECT m.id AS id FROM messages AS m INDEXED BY {index} WHERE {where} "
-    "ORDER BY m.id DESC LIMIT {limit})"
-)
 SQL_SEARCH = "SELECT id FROM ({union}) ORDER BY id DESC LIMIT {limit}"
+# How many index entries a driver would walk, counted on the index alone and capped.
+SQL_ESTIMATE_MESSAGES = (
+    "SELECT count(*) FROM (SELECT 1 FROM messages WHERE {column} = ? AND id BETWEEN ? AND ? LIMIT ?)"
+)
+SQL_ESTIMATE_DELIVERIES = (
+    "SELECT count(*) FROM (SELECT 1 FROM deliveries INDEXED BY deliveries_state "
+    "WHERE state = ? AND message_id BETWEEN ? AND ? LIMIT ?)"
+)
 SQL_HAS_DELIVERY_IN_STATE = "EXISTS (SELECT 1 FROM deliveries AS s WHERE s.message_id = m.id AND s.state = ?)"
 
 # ------------------------------------------------------------------------------------------------
@@ -320,7 +346,12 @@ CODEC = "zlib"
 MAX_BATCH = 2000  # bounds how long one transaction holds the writer and how much a caller may wait
 VACUUM_CHUNK = 2048  # pages per incremental_vacuum step, so writers get turns while space is reclaimed
 MAX_LIMIT = 1000
-SELECTIVE = ("msg_id", "conversation", "receiver_her", "sender_her")
+TIME_BLOCK = 1024  # ids per time_blocks row: a million messages make about a thousand rows
+SQL_TIME_BLOCK_SIZED = SQL_TIME_BLOCK.format(size=TIME_BLOCK)
+SQL_TIME_BLOCKS_REBUILD_SIZED = SQL_TIME_BLOCKS_REBUILD.format(size=TIME_BLOCK)
+SQL_TIME_RANGE_IDS_SIZED = SQL_TIME_RANGE_IDS.format(size=TIME_BLOCK)
+UNIQUE_ENOUGH = ("msg_id", "conversation")  # a handful of rows per value: no need to compare
+ESTIMATE_CAP = 20_000
 MESSAGE_FIELDS = frozenset(f.name for f in dataclasses.fields(MessageRecord)) - {"id"}
 DELIVERY_FIELDS = frozenset(DELIVERY_COLUMNS) - {"message_id"}
 TIME_FIELDS = frozenset({"expires_at", "apprec_due_at", "next_attempt_at", "lease_until", "updated_at"})
@@ -709,6 +740,7 @@ class SqliteStore:
                 return Applied(row[0], ids, created=False)
             parties = (self._party(conn, p.names[0]), self._party(conn, p.names[1]))
             new_id = conn.execute(SQL_INSERT_MESSAGE, p.message_row + parties).lastrowid
+            conn.execute(SQL_TIME_BLOCK_SIZED, (new_id, m.received_at, m.received_at))
             if p.blob is not None:
                 conn.execute(SQL_INSERT_PAYLOAD, (new_id, m.received_at, len(p.blob), CODEC, p.blob))
         message_id = new_id if new_id is not None else change.message_id
@@ -731,13 +763,20 @@ class SqliteStore:
                 conn.execute(
                     SQL_UPDATE_MESSAGE.format(assignments=assignments), (*updates.values(), change.message_id)
                 )
+            if "received_at" in updates:
+                at = updates["received_at"]
+                conn.execute(SQL_TIME_BLOCK_SIZED, (change.message_id, at, at))
+                conn.execute(SQL_PAYLOAD_RECEIVED_AT, (at, change.message_id))
             given, blob = p.blob_update
             if given:
-                if blob is None:
-                    conn.execute(SQL_DELETE_PAYLOAD, (change.message_id,))
-                else:
-                    received = conn.execute(SQL_MESSAGE_RECEIVED_AT, (change.message_id,)).fetchone()[0]
-                    conn.execute(SQL_INSERT_PAYLOAD, (change.message_id, received, len(blob), CODEC, blob))
+                with _secure_delete(conn):
+                    if blob is None:
+                        conn.execute(SQL_DELETE_PAYLOAD, (change.message_id,))
+                    else:
+                        received = conn.execute(SQL_MESSAGE_RECEIVED_AT, (change.message_id,)).fetchone()[0]
+                        conn.execute(
+                            SQL_REPLACE_PAYLOAD, (change.message_id, received, len(blob), CODEC, blob)
+                        )
 
         delivery_ids = []
         for d in change.new_deliveries:
@@ -965,7 +1004,15 @@ class SqliteStore:
                 return []
         if q.msg_type is not None:
             equal.append(("msg_type", q.msg_type))
-        ranged = q.since is not None or q.until is not None
+        # A time range narrows the ids to look at; the drivers below then stay in id order.
+        low, high = None, None if q.before_id is None else q.before_id - 1
+        if q.since is not None or q.until is not None:
+            since = -math.inf if q.since is None else q.since
+            until = math.inf if q.until is None else q.until
+            low, top = conn.execute(SQL_TIME_RANGE_IDS_SIZED, (since, until)).fetchone()
+            if low is None:
+                return []
+            high = top if high is None else min(high, top)
 
         groups: list[list[tuple[str, str, tuple]]] = []  # OR groups of (source, condition, params)
         if q.text is not None and q.text.strip():
@@ -974,19 +1021,25 @@ class SqliteStore:
             groups.append(_her_alternatives(q.her_id))
 
         if groups:
-            driver = None
-        elif equal and equal[0][0] in SELECTIVE:
-            driver = ("messages", f"m.{equal[0][0]} = ?", (equal.pop(0)[1],))
-        elif delivery_state is not None:
-            driver = ("deliveries_state", "d.state = ?", (delivery_state,))
-            delivery_state = None
-        elif ranged:
-            driver = ("time", "", ())
-        elif equal:
-            # A message state or type alone: its index yields the rows newest first.
-            driver = ("messages", f"m.{equal[0][0]} = ?", (equal.pop(0)[1],))
+            drivers = groups[0]
+        elif equal and equal[0][0] in UNIQUE_ENOUGH:
+            drivers = [("messages", f"m.{equal[0][0]} = ?", (equal.pop(0)[1],))]
         else:
-            driver = ("messages", "1", ())
+            options = [("messages", column, value) for column, value in equal]
+            if delivery_state is not None:
+                options.append(("deliveries_state", "state", delivery_state))
+            if len(options) > 1:
+                # Walk the index with the fewest entries: the others are then checked on fewer rows.
+                options.sort(key=lambda option: _estimate(conn, option, low, high))
+            if not options:
+                drivers = [("messages", "1", ())]
+            elif options[0][0] == "messages":
+                column, value = options[0][1:]
+                equal.remove((column, value))
+                drivers = [("messages", f"m.{column} = ?", (value,))]
+            else:
+                drivers = [("deliveries_state", "d.state = ?", (delivery_state,))]
+                delivery_state = None
 
         # Everything that does not drive is a plain filter; "+" keeps SQLite off its index.
         filters: list[tuple[str, tuple]] = [(f"+m.{column} = ?", (value,)) for column, value in equal]
@@ -1001,12 +1054,7 @@ class SqliteStore:
         for group in groups[1:]:
             filters.append(_or_condition(group))
 
-        if driver is None:
-            branches = [_branch(alternative, filters, q.before_id, limit) for alternative in groups[0]]
-        elif driver[0] == "time":
-            branches = [_time_branch(q.msg_type is not None, filters, q.before_id, limit)]
-        else:
-            branches = [_branch(driver, filters, q.before_id, limit)]
+        branches = [_branch(driver, filters, low, high, limit) for driver in drivers]
         sql = SQL_SEARCH.format(union=" UNION ".join(b for b, _ in branches), limit=limit)
         params = tuple(p for _, ps in branches for p in ps)
         ids = [row[0] for row in conn.execute(sql, params)]
@@ -1038,6 +1086,10 @@ class SqliteStore:
         return purged
 
     def _purge(self, conn: sqlite3.Connection, older_than: float, cap: int | None) -> int:
+        with _secure_delete(conn):
+            return self._purge_payloads(conn, older_than, cap)
+
+    def _purge_payloads(self, conn: sqlite3.Connection, older_than: float, cap: int | None) -> int:
         purged = conn.execute(SQL_PURGE_OLD, (older_than,)).rowcount
         if cap is None:
             return purged
@@ -1070,45 +1122,55 @@ class SqliteStore:
         await self._write(lambda conn: conn.execute(SQL_CHECKPOINT).fetchall(), kind="solo")
 
 
+@contextlib.contextmanager
+def _secure_delete(conn: sqlite3.Connection):
+    # Payloads are patient data: what is deleted is overwritten with zeros, not left in free
+    # pages. Only around deletes, because it also zeroes on every page split during inserts.
+    conn.execute(SQL_SECURE_DELETE.format(on="ON"))
+    try:
+        yield
+    finally:
+        conn.execute(SQL_SECURE_DELETE.format(on="OFF"))
+
+
 def _name(summary: dict | None, key: str) -> str | None:
     value = (summary or {}).get(key)
     return value if isinstance(value, str) and value else None
 
 
 def _branch(
-    driver: tuple[str, str, tuple], filters: list[tuple[str, tuple]], before_id: int | None, limit: int
+    driver: tuple[str, str, tuple],
+    filters: list[tuple[str, tuple]],
+    low: int | None,
+    high: int | None,
+    limit: int,
 ) -> tuple[str, tuple]:
     source, condition, params = driver
     conditions = [condition, *(c for c, _ in filters)]
     params = params + tuple(p for _, ps in filters for p in ps)
+    column = "m.id" if source == "messages" else "d.message_id"
+    if low is not None:
+        conditions.append(f"{column} >= ?")
+        params += (low,)
+    if high is not None:
+        conditions.append(f"{column} <= ?")
+        params += (high,)
+    where = " AND ".join(conditions)
     if source == "messages":
-        if before_id is not None:
-            conditions.append("m.id < ?")
-            params += (before_id,)
-        return SQL_SEARCH_BRANCH.format(where=" AND ".join(conditions), limit=limit), params
-    if before_id is not None:
-        conditions.append("d.message_id < ?")
-        params += (before_id,)
-    return (
-        SQL_SEARCH_BRANCH_DELIVERY.format(index=source, where=" AND ".join(conditions), limit=limit),
-        params,
-    )
+        return SQL_SEARCH_BRANCH.format(where=where, limit=limit), params
+    return SQL_SEARCH_BRANCH_DELIVERY.format(index=source, where=where, limit=limit), params
 
 
-def _time_branch(
-    with_type: bool, filters: list[tuple[str, tuple]], before_id: int | None, limit: int
-) -> tuple[str, tuple]:
-    # The range (and type) come from the index; the newest `limit` of it are kept by a top-N sort
-    # over index entries only.
-    conditions = [
-        c.replace("+m.received_at", "m.received_at").replace("+m.msg_type", "m.msg_type") for c, _ in filters
-    ]
-    params = tuple(p for _, ps in filters for p in ps)
-    if before_id is not None:
-        conditions.append("m.id < ?")
-        params += (before_id,)
-    index = "messages_type_time" if with_type else "messages_time"
-    return SQL_SEARCH_TIME_BRANCH.format(index=index, where=" AND ".join(conditions), limit=limit), params
+def _estimate(
+    conn: sqlite3.Connection, option: tuple[str, str, Any], low: int | None, high: int | None
+) -> int:
+    source, column, value = option
+    bounds = (-1 if low is None else low, 2**63 - 1 if high is None else high)
+    if source == "messages":
+        sql = SQL_ESTIMATE_MESSAGES.format(column=column)
+    else:
+        sql = SQL_ESTIMATE_DELIVERIES
+    return conn.execute(sql, (value, *bounds, ESTIMATE_CAP)).fetchone()[0]
 
 
 def _her_alternatives(her: int) -> list[tuple[str, str, tuple]]:
@@ -1126,7 +1188,9 @@ def _or_condition(alternatives: list[tuple[str, str, tuple]]) -> tuple[str, tupl
             parts.append("+" + condition)
         else:
             parts.append(
-                "EXISTS (SELECT 1 FROM deliveries AS d WHERE d.message_id = m.id AND " + condition + ")"
+                "EXISTS (SELECT 1 FROM deliveries AS x WHERE x.message_id = m.id AND "
+                + condition.replace("d.", "x.")
+                + ")"
             )
         params += ps
     return "(" + " OR ".join(parts) + ")", tuple(params)
