@@ -24,7 +24,14 @@ from message_types.xmlparse import DEFAULT_MAX_BYTES, parse_xml, readable_path
 # Enough to act on; a badly broken file can produce thousands of schema errors.
 MAX_XSD_PROBLEMS = 50
 _CLARK = re.compile(r"\{[^}]*\}")
-_CONTENT = f"{{{MSGHEAD_NS}}}Document/{{{MSGHEAD_NS}}}RefDoc/{{{MSGHEAD_NS}}}Content"
+_DOCUMENT, _REFDOC, _CONTENT = (f"{{{MSGHEAD_NS}}}{tag}" for tag in ("Document", "RefDoc", "Content"))
+
+
+def _contents(root: etree._Element):
+    """Every Document/RefDoc/Content, by direct iteration (ElementPath costs more than validating)."""
+    for doc in root.iterchildren(_DOCUMENT):
+        for ref in doc.iterchildren(_REFDOC):
+            yield from ref.iterchildren(_CONTENT)
 
 
 @dataclass
@@ -122,7 +129,7 @@ class Validator:
         if not self.schemas.covers(qname.namespace):
             problems.append(self._no_schema(kind.title, qname.namespace, root))
         if kind.root == "MsgHead":
-            for content in root.iterfind(_CONTENT):
+            for content in _contents(root):
                 for child in content:
                     if not isinstance(child.tag, str):
                         continue

@@ -251,7 +251,8 @@ def _read_document(element: etree._Element) -> Document:
 def content_element(root: etree._Element) -> etree._Element | None:
     """The business document inside the first main Document's RefDoc/Content."""
     for doc in root.iterchildren(_DOCUMENT):
-        if _attr(doc, "DocumentConnection") == "V":
+        connection = next(doc.iterchildren(_CONNECTION), None)
+        if connection is not None and connection.get("V") == "V":
             continue
         for ref in doc.iterchildren(_REFDOC):
             for content in ref.iterchildren(_CONTENT):

@@ -43,6 +43,7 @@ def _where(element: etree._Element | None) -> dict:
 
 
 def _find(root: etree._Element, path: str) -> etree._Element | None:
+    # Only used to locate an element for a problem report, never on the path of a valid message.
     return root.find(path.replace("mh:", _MH))
 
 
@@ -85,10 +86,13 @@ def check_message(
         content_family = message.content_kind.family if message.content_kind else None
         rule = CONTENT_RULES.get(message.msg_type)
         if content_family in PATIENT_FAMILIES or (rule and rule.family in PATIENT_FAMILIES):
-            patient_el = _find(root, "mh:MsgInfo/mh:Patient")
-            if patient_el is None:
-                patient_el = _find(root, "mh:MsgInfo")
-            problems += check_patient(message.patient, patient_el)
+            found = _patient_problems(message.patient)
+            if found:
+                patient_el = _find(root, "mh:MsgInfo/mh:Patient")
+                if patient_el is None:
+                    patient_el = _find(root, "mh:MsgInfo")
+                where = _where(patient_el)
+                problems += [replace(p, **where) for p in found]
     return problems
 
 
@@ -204,7 +208,6 @@ def _check_content(message: Message, root: etree._Element) -> list[Problem]:
     main = message.main_document
     if rule is None or main is None:
         return []
-    content = _main_content(root)
     kind = message.content_kind
     expected = f"{rule.family.value} <{'/'.join(rule.roots)}>"
     if kind is None or kind.family != rule.family or main.content_root not in rule.roots:
@@ -213,9 +216,11 @@ def _check_content(message: Message, root: etree._Element) -> list[Problem]:
             Problem(
                 ErrorCode.T99,
                 f"MsgInfo/Type {message.msg_type} needs {expected} as content, but the document holds {found}",
-                **_where(content if content is not None else _find(root, "mh:Document")),
+                **_where(_main_content(root) if main.content_root else _find(root, "mh:Document")),
             )
         ]
+    # The content element is only looked up when a rule needs to look inside it.
+    content = _main_content(root) if rule.child is not None or rule.type_innhold else None
     if (
         rule.child is not None
         and next(content.iterchildren("{" + kind.namespace + "}" + rule.child), None) is None
