@@ -156,6 +156,26 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE fifo_key IS NOT NULL AND state IN ('queued', 'sending', 'retry-wait');
     CREATE INDEX deliveries_leases ON deliveries(lease_until) WHERE state = 'sending';
 
+    -- Deliveries per state, kept by triggers in the same transactions: counts() for dashboards
+    -- and metrics costs the same with a thousand deliveries or a hundred million.
+    CREATE TABLE delivery_counts (
+        state  TEXT PRIMARY KEY,
+        n      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TRIGGER deliveries_counted_insert AFTER INSERT ON deliveries BEGIN
+        INSERT INTO delivery_counts (state, n) VALUES (NEW.state, 1)
+            ON CONFLICT (state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER deliveries_counted_update AFTER UPDATE OF state ON deliveries
+        WHEN OLD.state IS NOT NEW.state BEGIN
+        UPDATE delivery_counts SET n = n - 1 WHERE state = OLD.state;
+        INSERT INTO delivery_counts (state, n) VALUES (NEW.state, 1)
+            ON CONFLICT (state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER deliveries_counted_delete AFTER DELETE ON deliveries BEGIN
+        UPDATE delivery_counts SET n = n - 1 WHERE state = OLD.state;
+    END;
+
     CREATE TABLE events (
         id           INTEGER PRIMARY KEY,
         message_id   INTEGER,
@@ -277,7 +297,7 @@ SQL_DELIVERIES_OF = SQL_SELECT_DELIVERY + " WHERE message_id = ? ORDER BY id"
 SQL_DELIVERY_BY_ID = SQL_SELECT_DELIVERY + " WHERE id = ?"
 SQL_EVENTS_OF = f"SELECT id, {_E} FROM events WHERE message_id = ? ORDER BY id"
 SQL_DUE = SQL_SELECT_DELIVERY + " WHERE state IN ({marks}) AND {field} <= ? ORDER BY {field}, id LIMIT ?"
-SQL_COUNTS = "SELECT state, count(*) FROM deliveries GROUP BY state"
+SQL_COUNTS = "SELECT state, n FROM delivery_counts"
 
 SQL_CLAIM_CANDIDATES = """
     SELECT d.id, d.state, d.receiver_her
@@ -295,7 +315,7 @@ SQL_CLAIM_ONE = """
     WHERE id = ? AND state = ?
 """
 SQL_EXPIRED_LEASES = """
-    SELECT id, message_id, lease_owner FROM deliveries
+    SELECT id, message_id, lease_owner FROM deliveries INDEXED BY deliveries_leases
     WHERE state = 'sending' AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id
 """
 SQL_RELEASE_ONE = """
@@ -322,18 +342,14 @@ SQL_PURGE_CANDIDATES = """
 # Search: one or more "branches", each of which walks one index newest first and stops after
 # `limit` rows; their union is cut to `limit` again. Filters that do not drive a branch are
 # written with a unary "+" so SQLite does not pick their index and lose the id order.
-SQL_SEARCH_BRANCH = (
-    "SELECT id FROM (SELECT m.id AS id FROM messages AS m WHERE {where} ORDER BY m.id DESC LIMIT {limit})"
-)
+SQL_SEARCH_BRANCH = "SELECT id FROM (SELECT m.id AS id FROM messages AS m {indexed} WHERE {where} ORDER BY m.id DESC LIMIT {limit})"
 SQL_SEARCH_BRANCH_DELIVERY = (
     "SELECT id FROM (SELECT DISTINCT d.message_id AS id FROM deliveries AS d INDEXED BY {index} "
     "CROSS JOIN messages AS m ON m.id = d.message_id WHERE {where} ORDER BY d.message_id DESC LIMIT {limit})"
 )
 SQL_SEARCH = "SELECT id FROM ({union}) ORDER BY id DESC LIMIT {limit}"
 # How many index entries a driver would walk, counted on the index alone and capped.
-SQL_ESTIMATE_MESSAGES = (
-    "SELECT count(*) FROM (SELECT 1 FROM messages WHERE {column} = ? AND id BETWEEN ? AND ? LIMIT ?)"
-)
+SQL_ESTIMATE_MESSAGES = "SELECT count(*) FROM (SELECT 1 FROM messages INDEXED BY {index} WHERE {column} = ? AND id BETWEEN ? AND ? LIMIT ?)"
 SQL_ESTIMATE_DELIVERIES = (
     "SELECT count(*) FROM (SELECT 1 FROM deliveries INDEXED BY deliveries_state "
     "WHERE state = ? AND message_id BETWEEN ? AND ? LIMIT ?)"
@@ -350,6 +366,14 @@ TIME_BLOCK = 1024  # ids per time_blocks row: a million messages make about a th
 SQL_TIME_BLOCK_SIZED = SQL_TIME_BLOCK.format(size=TIME_BLOCK)
 SQL_TIME_BLOCKS_REBUILD_SIZED = SQL_TIME_BLOCKS_REBUILD.format(size=TIME_BLOCK)
 SQL_TIME_RANGE_IDS_SIZED = SQL_TIME_RANGE_IDS.format(size=TIME_BLOCK)
+INDEX_OF = {
+    "msg_id": "messages_msg_id",
+    "conversation": "messages_conversation",
+    "receiver_her": "messages_receiver",
+    "sender_her": "messages_sender",
+    "state": "messages_state",
+    "msg_type": "messages_type",
+}
 UNIQUE_ENOUGH = ("msg_id", "conversation")  # a handful of rows per value: no need to compare
 ESTIMATE_CAP = 20_000
 MESSAGE_FIELDS = frozenset(f.name for f in dataclasses.fields(MessageRecord)) - {"id"}
@@ -1023,9 +1047,10 @@ class SqliteStore:
         if groups:
             drivers = groups[0]
         elif equal and equal[0][0] in UNIQUE_ENOUGH:
-            drivers = [("messages", f"m.{equal[0][0]} = ?", (equal.pop(0)[1],))]
+            column, value = equal.pop(0)
+            drivers = [(INDEX_OF[column], f"m.{column} = ?", (value,))]
         else:
-            options = [("messages", column, value) for column, value in equal]
+            options = [(INDEX_OF[column], column, value) for column, value in equal]
             if delivery_state is not None:
                 options.append(("deliveries_state", "state", delivery_state))
             if len(options) > 1:
@@ -1033,10 +1058,10 @@ class SqliteStore:
                 options.sort(key=lambda option: _estimate(conn, option, low, high))
             if not options:
                 drivers = [("messages", "1", ())]
-            elif options[0][0] == "messages":
-                column, value = options[0][1:]
+            elif options[0][0].startswith("messages"):
+                index, column, value = options[0]
                 equal.remove((column, value))
-                drivers = [("messages", f"m.{column} = ?", (value,))]
+                drivers = [(index, f"m.{column} = ?", (value,))]
             else:
                 drivers = [("deliveries_state", "d.state = ?", (delivery_state,))]
                 delivery_state = None
@@ -1064,14 +1089,14 @@ class SqliteStore:
         return [_message(row) for row in rows]
 
     def _text_alternatives(self, conn: sqlite3.Connection, text: str) -> list[tuple[str, str, tuple]]:
-        out: list[tuple[str, str, tuple]] = [("messages", "m.msg_id = ?", (text,))]
+        out: list[tuple[str, str, tuple]] = [("messages_msg_id", "m.msg_id = ?", (text,))]
         if text.isascii() and text.isdigit() and len(text) <= 18:
             out += _her_alternatives(int(text))
         parties = [row[0] for row in conn.execute(SQL_PARTIES_MATCHING, (_fold(text),))]
         if parties:
             marks = ", ".join("?" * len(parties))
-            out.append(("messages", f"m.sender_party IN ({marks})", tuple(parties)))
-            out.append(("messages", f"m.receiver_party IN ({marks})", tuple(parties)))
+            out.append(("messages_sender_party", f"m.sender_party IN ({marks})", tuple(parties)))
+            out.append(("messages_receiver_party", f"m.receiver_party IN ({marks})", tuple(parties)))
         return out
 
     # --- retention -----------------------------------------------------------------------------
@@ -1148,7 +1173,8 @@ def _branch(
     source, condition, params = driver
     conditions = [condition, *(c for c, _ in filters)]
     params = params + tuple(p for _, ps in filters for p in ps)
-    column = "m.id" if source == "messages" else "d.message_id"
+    on_messages = source.startswith("messages")
+    column = "m.id" if on_messages else "d.message_id"
     if low is not None:
         conditions.append(f"{column} >= ?")
         params += (low,)
@@ -1156,8 +1182,10 @@ def _branch(
         conditions.append(f"{column} <= ?")
         params += (high,)
     where = " AND ".join(conditions)
-    if source == "messages":
-        return SQL_SEARCH_BRANCH.format(where=where, limit=limit), params
+    if on_messages:
+        # Pinned, so the plan does not depend on statistics: the driver's index, or the ids.
+        indexed = "NOT INDEXED" if source == "messages" else f"INDEXED BY {source}"
+        return SQL_SEARCH_BRANCH.format(indexed=indexed, where=where, limit=limit), params
     return SQL_SEARCH_BRANCH_DELIVERY.format(index=source, where=where, limit=limit), params
 
 
@@ -1166,8 +1194,8 @@ def _estimate(
 ) -> int:
     source, column, value = option
     bounds = (-1 if low is None else low, 2**63 - 1 if high is None else high)
-    if source == "messages":
-        sql = SQL_ESTIMATE_MESSAGES.format(column=column)
+    if source.startswith("messages"):
+        sql = SQL_ESTIMATE_MESSAGES.format(index=source, column=column)
     else:
         sql = SQL_ESTIMATE_DELIVERIES
     return conn.execute(sql, (value, *bounds, ESTIMATE_CAP)).fetchone()[0]
@@ -1175,8 +1203,8 @@ def _estimate(
 
 def _her_alternatives(her: int) -> list[tuple[str, str, tuple]]:
     return [
-        ("messages", "m.sender_her = ?", (her,)),
-        ("messages", "m.receiver_her = ?", (her,)),
+        ("messages_sender", "m.sender_her = ?", (her,)),
+        ("messages_receiver", "m.receiver_her = ?", (her,)),
         ("deliveries_receiver", "d.receiver_her = ?", (her,)),
     ]
 
@@ -1184,7 +1212,7 @@ def _her_alternatives(her: int) -> list[tuple[str, str, tuple]]:
 def _or_condition(alternatives: list[tuple[str, str, tuple]]) -> tuple[str, tuple]:
     parts, params = [], []
     for source, condition, ps in alternatives:
-        if source == "messages":
+        if source.startswith("messages"):
             parts.append("+" + condition)
         else:
             parts.append(

@@ -518,11 +518,35 @@ async def test_due_by_expiry_and_apprec_deadline(store):
 
 
 async def test_counts(store):
-    await submit(store, "a", delivery(), delivery(3003))
-    await submit(store, "b", delivery(state=D.DEAD))
+    a = await submit(store, "a", delivery(), delivery(3003))
+    b = await submit(store, "b", delivery(state=D.DEAD))
     counts = await store.counts()
     assert counts["queued"] == 2 and counts["dead"] == 1 and counts["app-ok"] == 0
     assert set(counts) == {str(s) for s in DeliveryState}
+
+    # They stay exact through claims, releases, updates, a failed change and a duplicate.
+    await store.claim("https", NOW, 1, "n", 30)
+    await store.release_expired_leases(NOW + 31)
+    await store.claim("https", NOW + 40, 5, "n", 30)
+    await move(store, a.delivery_ids[0], D.SENDING, D.DELIVERED)
+    await move(store, b.delivery_ids[0], D.DEAD, D.QUEUED)
+    await store.apply(Change(delivery_updates=[DeliveryUpdate(a.delivery_ids[1], None, {"attempts": 3})]))
+    with pytest.raises(Conflict):
+        await store.apply(
+            Change(
+                delivery_updates=[
+                    DeliveryUpdate(a.delivery_ids[1], D.SENDING, {"state": D.RETRY_WAIT}),
+                    DeliveryUpdate(b.delivery_ids[0], D.DEAD, {"state": D.CANCELLED}),
+                ]
+            )
+        )
+    await submit(store, "a", delivery(), delivery(), delivery())
+    recount = {str(s): 0 for s in DeliveryState}
+    for m in await store.search(Query()):
+        for d in await store.deliveries(m.id):
+            recount[str(d.state)] += 1
+    assert await store.counts() == recount
+    assert recount["delivered"] == 1 and recount["sending"] == 1 and recount["queued"] == 1
 
 
 # --- search --------------------------------------------------------------------------------------
