@@ -362,6 +362,7 @@ CODEC = "zlib"
 MAX_BATCH = 2000  # bounds how long one transaction holds the writer and how much a caller may wait
 VACUUM_CHUNK = 2048  # pages per incremental_vacuum step, so writers get turns while space is reclaimed
 MAX_LIMIT = 1000
+OFF_LOOP_BYTES = 256 * 1024  # payloads above this are (de)compressed off the event loop thread
 TIME_BLOCK = 1024  # ids per time_blocks row: a million messages make about a thousand rows
 SQL_TIME_BLOCK_SIZED = SQL_TIME_BLOCK.format(size=TIME_BLOCK)
 SQL_TIME_BLOCKS_REBUILD_SIZED = SQL_TIME_BLOCKS_REBUILD.format(size=TIME_BLOCK)
@@ -740,7 +741,11 @@ class SqliteStore:
         return _Prepared(change, message_row, names, blob, updates, blob_update)
 
     async def apply(self, change: Change) -> Applied:
-        prepared = self._prepare(change)
+        if _payload_bytes(change) > OFF_LOOP_BYTES:
+            # Compressing megabytes would hold the event loop; zlib lets go of the GIL meanwhile.
+            prepared = await asyncio.to_thread(self._prepare, change)
+        else:
+            prepared = self._prepare(change)
         return await self._write(lambda conn: self._apply(conn, prepared))
 
     def _party(self, conn: sqlite3.Connection, name: str | None) -> int | None:
@@ -872,6 +877,8 @@ class SqliteStore:
         rows = await self._write(
             lambda conn: self._claim(conn, transport, now, limit, owner, now + lease_seconds, excluded)
         )
+        if sum(len(prow[1]) for _, _, prow in rows if prow is not None) > OFF_LOOP_BYTES:
+            return await asyncio.to_thread(self._claimed, rows)
         return self._claimed(rows)
 
     def _claim(self, conn, transport, now, limit, owner, lease_until, excluded) -> list:
@@ -954,12 +961,11 @@ class SqliteStore:
             row = conn.execute(SQL_MESSAGE_BY_ID, (message_id,)).fetchone()
             if row is None:
                 return None, None
-            return row, conn.execute(SQL_PAYLOAD, (message_id,)).fetchone() if with_payload else None
+            payload = conn.execute(SQL_PAYLOAD, (message_id,)).fetchone() if with_payload else None
+            return row, None if payload is None else decompress(*payload)
 
         row, payload = await self._read(read)
-        if row is None:
-            return None
-        return _message(row, None if payload is None else decompress(*payload))
+        return None if row is None else _message(row, payload)
 
     async def find_message(self, dedupe_key: str) -> MessageRecord | None:
         row = await self._read(lambda conn: conn.execute(SQL_MESSAGE_BY_KEY, (dedupe_key,)).fetchone())
@@ -1156,6 +1162,12 @@ def _secure_delete(conn: sqlite3.Connection):
         yield
     finally:
         conn.execute(SQL_SECURE_DELETE.format(on="OFF"))
+
+
+def _payload_bytes(change: Change) -> int:
+    total = len(change.new_message.payload or b"") if change.new_message is not None else 0
+    payload = change.message_fields.get("payload")
+    return total + (len(payload) if isinstance(payload, bytes | bytearray) else 0)
 
 
 def _name(summary: dict | None, key: str) -> str | None:

@@ -228,6 +228,8 @@ async def test_large_payload_round_trip(store):
     payload = os.urandom(300_000) + b"<xml/>" * 50_000
     applied = await submit(store, "big", payload=payload)
     assert (await store.get_message(applied.message_id, with_payload=True)).payload == payload
+    (claimed,) = await store.claim("https", NOW, 1, "n", 30)
+    assert claimed.message.payload == payload
 
 
 async def test_dedupe_returns_the_original_and_writes_nothing(store):
