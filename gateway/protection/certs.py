@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import email
 import threading
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,8 @@ class CertRecord:
     serial: int
     ski: bytes | None
     issuer_and_serial: bytes  # the CMS IssuerAndSerialNumber naming this certificate, encoded
+    not_before: dt.datetime
+    not_after: dt.datetime
     _info: list[CertificateInfo] = field(default_factory=list, repr=False)
 
     @property
@@ -84,6 +87,8 @@ def _build_record(der: bytes, cert: x509.Certificate | None) -> CertRecord:
         serial=cert.serial_number,
         ski=ski,
         issuer_and_serial=seq(issuer_der, tbs["serial_number"].dump()),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
     )
 
 

@@ -62,17 +62,16 @@ def now_utc() -> dt.datetime:
 
 
 def check_validity(record: CertRecord, at: dt.datetime, source: str) -> None:
-    cert = record.cert
-    if at < cert.not_valid_before_utc:
+    if at < record.not_before:
         raise ProtectionError(
             FailureKind.NOT_YET_VALID,
-            f"certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z",
+            f"certificate is not valid before {record.not_before:%Y-%m-%d %H:%M}Z",
             record.described(source),
         )
-    if at > cert.not_valid_after_utc:
+    if at > record.not_after:
         raise ProtectionError(
             FailureKind.EXPIRED,
-            f"certificate expired {cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z",
+            f"certificate expired {record.not_after:%Y-%m-%d %H:%M}Z",
             record.described(source),
         )
 
@@ -95,8 +94,24 @@ def key_usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
     )
 
 
+# Key usage never changes for a certificate; protect() checks two certificates per message.
+_KEY_USAGE: dict[tuple[bytes, Purpose], str | None] = {}
+
+
+def cached_key_usage_problem(record: CertRecord, purpose: Purpose) -> str | None:
+    key = (record.der, purpose)
+    try:
+        return _KEY_USAGE[key]
+    except KeyError:
+        pass
+    if len(_KEY_USAGE) >= 4096:
+        _KEY_USAGE.clear()
+    problem = _KEY_USAGE[key] = key_usage_problem(record.cert, purpose)
+    return problem
+
+
 def check_key_usage(record: CertRecord, purpose: Purpose, source: str) -> None:
-    problem = key_usage_problem(record.cert, purpose)
+    problem = cached_key_usage_problem(record, purpose)
     if problem:
         raise ProtectionError(FailureKind.KEY_USAGE, problem, record.described(source))
 
@@ -126,7 +141,6 @@ class CertificateChecker:
         self._cache_seconds = dt.timedelta(seconds=cache_seconds)
         self._cache_limit = cache_limit
         self._chains: dict[bytes, _Chain] = {}
-        self._key_usage: dict[tuple[bytes, Purpose], str | None] = {}
 
     def check(
         self,
@@ -157,14 +171,7 @@ class CertificateChecker:
         record = cert if isinstance(cert, CertRecord) else record_of(cert)
         at = at or now_utc()
         check_validity(record, at, source)
-        ku_key = (record.der, purpose)
-        if ku_key not in self._key_usage:
-            if len(self._key_usage) >= self._cache_limit:
-                self._key_usage.clear()
-            self._key_usage[ku_key] = key_usage_problem(record.cert, purpose)
-        problem = self._key_usage[ku_key]
-        if problem:
-            raise ProtectionError(FailureKind.KEY_USAGE, problem, record.described(source))
+        check_key_usage(record, purpose, source)
         return CheckedCertificate(record, self._chain(record, at, intermediates, source))
 
     def _chain(
@@ -192,8 +199,8 @@ class CertificateChecker:
                 record.described(source),
             ) from None
         chain = tuple(record_of(c) for c in verified.chain)
-        valid_from = max(r.cert.not_valid_before_utc for r in chain)
-        valid_until = min(min(r.cert.not_valid_after_utc for r in chain), now_utc() + self._cache_seconds)
+        valid_from = max(r.not_before for r in chain)
+        valid_until = min(min(r.not_after for r in chain), now_utc() + self._cache_seconds)
         if len(self._chains) >= self._cache_limit:
             self._chains.clear()
         self._chains[record.der] = _Chain(chain, valid_from, valid_until)
