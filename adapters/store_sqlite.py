@@ -199,6 +199,8 @@ PRAGMAS_WRITER = (
     "PRAGMA busy_timeout = 10000",
     "PRAGMA cache_size = -65536",
     "PRAGMA temp_store = MEMORY",
+    # After a large transaction the WAL is cut back to this size rather than kept at its peak.
+    "PRAGMA journal_size_limit = 67108864",
 )
 PRAGMAS_READER = (
     "PRAGMA busy_timeout = 10000",
@@ -559,6 +561,7 @@ class SqliteStore:
     # --- the writer thread ---------------------------------------------------------------------
 
     def _writer_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
+        conn = None
         try:
             fresh = not self.path.exists() or self.path.stat().st_size == 0
             conn = self._connect()
@@ -571,6 +574,8 @@ class SqliteStore:
                 # Planner statistics; analysis_limit keeps this to milliseconds on a large file.
                 conn.executescript(SQL_ANALYZE_QUICK)
         except BaseException as exc:
+            if conn is not None:
+                conn.close()
             loop.call_soon_threadsafe(_settle, ready, None, exc)
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
@@ -627,10 +632,13 @@ class SqliteStore:
                     try:
                         result = job.fn(conn)
                     except Exception as exc:
-                        # Undo this change only; if SQLite already rolled back the whole
-                        # transaction (I/O error, disk full), ROLLBACK TO fails and so does the batch.
-                        conn.execute("ROLLBACK TO change")
-                        conn.execute("RELEASE change")
+                        # Undo this change only. If SQLite already rolled back the whole
+                        # transaction (I/O error, disk full), the batch fails with that error.
+                        try:
+                            conn.execute("ROLLBACK TO change")
+                            conn.execute("RELEASE change")
+                        except sqlite3.Error:
+                            raise exc from None
                         self._parties.clear()
                         done.append((job, None, exc))
                     else:

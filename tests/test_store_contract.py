@@ -305,12 +305,25 @@ async def test_a_failing_change_does_not_poison_others_committed_with_it(store):
     async def bad():
         await store.apply(Change(delivery_updates=[DeliveryUpdate(d1, D.DELIVERED, {"state": D.DEAD})]))
 
+    async def broken():
+        # A bug in the caller (an event about a delivery the change does not have) fails alone too.
+        change = intake(message("broken"), [delivery()])
+        change.events.append(Event(NOW, "gateway", "x", new_delivery_index=5))
+        await store.apply(change)
+
     results = await asyncio.gather(
-        *(good(i) for i in range(30)), bad(), *(good(i) for i in range(30, 60)), return_exceptions=True
+        *(good(i) for i in range(30)),
+        bad(),
+        *(good(i) for i in range(30, 45)),
+        broken(),
+        *(good(i) for i in range(45, 60)),
+        return_exceptions=True,
     )
     assert isinstance(results[30], Conflict)
-    assert all(r.created for i, r in enumerate(results) if i != 30)
+    assert isinstance(results[46], IndexError)
+    assert all(r.created for i, r in enumerate(results) if i not in (30, 46))
     assert len(await store.search(Query(limit=1000))) == 61
+    assert await store.find_message("1001:broken") is None
 
 
 async def test_update_existing_message_and_deliveries(store):
