@@ -45,7 +45,7 @@ async def server():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     crl_server.url = f"http://127.0.0.1:{port}/ca.crl"
     yield crl_server
     await runner.cleanup()

@@ -333,10 +333,19 @@ def test_protect_refuses_a_receiver_certificate_that_cannot_encrypt(pki: Pki, ho
 
 
 def test_protect_with_checker_checks_receiver_revocation(pki: Pki, hospital):
-    revoked = pki.test("revoked")  # a signing certificate, so: key usage first
+    now = dt.datetime.now(dt.UTC)
+    issued = pki.ca.issue(
+        party_name("Revoked receiver", "999999997"),
+        ENCRYPTION_USAGE,
+        not_before=now - dt.timedelta(hours=1),
+        not_after=now + dt.timedelta(days=30),
+    )
+    assert protect(MESSAGE, signer=hospital[0], recipient=issued.cert, checker=pki.checker())
+    revoking = pki.checker(crl_source=StaticCrlSource([pki.ca.crl([issued.cert])]))
     with pytest.raises(ProtectionError) as caught:
-        protect(MESSAGE, signer=hospital[0], recipient=revoked.cert, checker=pki.checker())
-    assert caught.value.kind is FailureKind.KEY_USAGE
+        protect(MESSAGE, signer=hospital[0], recipient=issued.cert, checker=revoking)
+    assert caught.value.kind is FailureKind.REVOKED
+    assert caught.value.certificate.source == "the receiver's encryption certificate"
 
 
 def test_failure_kinds_map_to_apprec_or_transport():
