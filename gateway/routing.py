@@ -305,13 +305,18 @@ def _describe(address: Address) -> str:
 
 
 def local_endpoints(config: Config) -> dict[int, LocalEndpoint]:
-    """The folder-connected local systems of a configuration, keyed by the HER-id each serves.
+    """The local systems of a configuration, keyed by the HER-id each serves.
 
     The same layout the folder transport uses (`gateway.service.folder_layout`): a system serving
-    one HER-id uses its folder directly, one serving several gets a sub-folder per HER-id.
+    one HER-id uses its folder directly, one serving several gets a sub-folder per HER-id. An
+    API-connected system's address is the HER-id whose mailbox it reads (`gateway.api`).
     """
     endpoints: dict[int, LocalEndpoint] = {}
     for system in config.local_systems:
+        if system.transport == "api":
+            for her in system.her_ids:
+                endpoints[her] = LocalEndpoint(system.name, "api", str(her))
+            continue
         if system.transport != "folder" or system.folder is None:
             continue
         for her in system.her_ids:

@@ -361,6 +361,7 @@ def test_build_router_from_config(registry, tmp_path):
         9203000: LocalEndpoint("Drammen PLO", "folder", str(tmp_path / "systems/drammen/in")),
         9320100: LocalEndpoint("GP hosting", "folder", str(tmp_path / "systems/gps/9320100/in")),
         9330100: LocalEndpoint("GP hosting", "folder", str(tmp_path / "systems/gps/9330100/in")),
+        9201000: LocalEndpoint("via API", "api", "9201000"),
     }
     router = build_router(config, registry, endpoints)
     decision = router.route(message(registry, "DIALOG_NOTAT", NURSING, copies=[("COP", 9330101)]))

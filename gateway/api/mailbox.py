@@ -1,0 +1,178 @@
+"""Local delivery through the API: the "api" transport and the unread messages per HER-id.
+
+A message for an API-connected system is durable in the store before it is ever handed to a
+transport, so "delivering" it means making it fetchable: `ApiTransport.send` puts it in the
+receiver's mailbox and answers DELIVERED. It stays unread until the system marks it read
+(PUT /Messages/{id}/read/{herId}), which is recorded as a "read" event on the delivery; the event
+is the durable truth, the mailbox only an index of it.
+
+The index is built per HER-id the first time a client asks for that HER-id (from the store:
+the HER-id's messages of the last `window` seconds, their deliveries and events), then kept up
+to date by `send` and `mark_read`. After a restart it is rebuilt the same way, so nothing read
+shows up again and nothing unread is lost within the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from gateway.api.mapping import gen_datetime
+from gateway.lifecycle import Actor, DeliveryState
+from gateway.store import Change, DeliveryRecord, Event, MessageRecord, Query, Store
+from gateway.transport import Inbound, Outcome, Outgoing, SendResult
+
+log = logging.getLogger("komut.api.mailbox")
+
+TRANSPORT = "api"
+READ = "read"  # the event kind; its time is when the local system read the message
+PAGE = 500
+# Deliveries the transport has handed over: everything from DELIVERED on, AppRec or not.
+HANDED_OVER = frozenset(
+    {
+        DeliveryState.DELIVERED,
+        DeliveryState.APP_OK,
+        DeliveryState.APP_REJECTED,
+        DeliveryState.APP_PARTIAL,
+        DeliveryState.APPREC_MISSING,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    message: MessageRecord  # without payload
+    delivery_id: int
+    receiver_her: int
+
+    @property
+    def sort_key(self) -> tuple[float, int]:
+        gen = gen_datetime(self.message.summary.get("gen_date"))
+        return (gen.timestamp() if gen is not None else self.message.received_at, self.delivery_id)
+
+
+class Mailbox:
+    def __init__(self, store: Store, *, window: float, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.window = window
+        self.clock = clock
+        self._unread: dict[int, dict[int, Entry]] = {}
+        self._loaded: set[int] = set()
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def _lock(self, her: int) -> asyncio.Lock:
+        return self._locks.setdefault(her, asyncio.Lock())
+
+    @staticmethod
+    def _was_read(events: Iterable[Event], delivery_id: int) -> bool:
+        return any(e.kind == READ and e.delivery_id == delivery_id for e in events)
+
+    async def _load(self, her: int) -> None:
+        if her in self._loaded:
+            return
+        async with self._lock(her):
+            if her in self._loaded:
+                return
+            bucket = self._unread.setdefault(her, {})
+            for entry in await self._scan(her):
+                bucket.setdefault(entry.delivery_id, entry)
+            self._loaded.add(her)
+
+    async def _scan(self, her: int) -> list[Entry]:
+        since = self.clock() - self.window
+        before = None
+        out = []
+        while True:
+            page = await self.store.search(Query(her_id=her, since=since, before_id=before, limit=PAGE))
+            for message in page:
+                mine = [
+                    d
+                    for d in await self.store.deliveries(message.id)
+                    if d.transport == TRANSPORT and d.receiver_her == her and d.state in HANDED_OVER
+                ]
+                if not mine:
+                    continue
+                events = await self.store.events(message.id)
+                out += [Entry(message, d.id, her) for d in mine if not self._was_read(events, d.id)]
+            if len(page) < PAGE:
+                return out
+            before = min(m.id for m in page)
+
+    async def unread(
+        self,
+        receivers: Iterable[int],
+        *,
+        sender: int | None = None,
+        business_document_id: str | None = None,
+        limit: int = 10,
+        descending: bool = False,
+    ) -> list[Entry]:
+        """Unread messages for these HER-ids, ordered by GenDate (then arrival)."""
+        entries: list[Entry] = []
+        for her in receivers:
+            await self._load(her)
+            entries += self._unread.get(her, {}).values()
+        if sender is not None:
+            entries = [e for e in entries if e.message.sender_her == sender]
+        if business_document_id is not None:
+            entries = [e for e in entries if e.message.msg_id == business_document_id]
+        entries.sort(key=lambda e: e.sort_key, reverse=descending)
+        return entries[:limit]
+
+    async def deliver(self, message: MessageRecord, delivery_id: int, receiver_her: int) -> None:
+        async with self._lock(receiver_her):
+            # A delivery resent after a crash (its first hand-over was not recorded) may have been
+            # read meanwhile: it must not come back as unread.
+            if self._was_read(await self.store.events(message.id), delivery_id):
+                return
+            message.payload = None
+            self._unread.setdefault(receiver_her, {})[delivery_id] = Entry(message, delivery_id, receiver_her)
+
+    async def mark_read(self, message_id: int, delivery: DeliveryRecord, who: str) -> bool:
+        """Record that `delivery` was read; False if it already was (then nothing is written)."""
+        her = delivery.receiver_her
+        async with self._lock(her):
+            already = self._was_read(await self.store.events(message_id), delivery.id)
+            if not already:
+                await self.store.apply(
+                    Change(
+                        events=[
+                            Event(
+                                self.clock(),
+                                Actor.PEER,
+                                READ,
+                                message_id=message_id,
+                                delivery_id=delivery.id,
+                                reason=f"read by API client {who} for HER-id {her}",
+                            )
+                        ]
+                    )
+                )
+            self._unread.get(her, {}).pop(delivery.id, None)
+        return not already
+
+
+class ApiTransport:
+    """The "api" transport: hands a message to the receiver's mailbox; it is fetched from there."""
+
+    def __init__(self, mailbox: Mailbox, name: str = TRANSPORT):
+        self.name = name
+        self.mailbox = mailbox
+
+    async def start(self, inbound: Inbound) -> None:
+        return None  # API clients come in through the web routes, not through a transport
+
+    async def stop(self) -> None:
+        return None
+
+    async def send(self, item: Outgoing) -> SendResult:
+        store = self.mailbox.store
+        for message in await store.find_by_msg_id(item.msg_id):
+            if any(d.id == item.delivery_id for d in await store.deliveries(message.id)):
+                await self.mailbox.deliver(message, item.delivery_id, item.receiver_her)
+                return SendResult(Outcome.DELIVERED, f"in the API mailbox of HER-id {item.receiver_her}")
+        log.error("delivery %s (MsgId %s) not found in the store", item.delivery_id, item.msg_id)
+        return SendResult(Outcome.TRANSIENT, "the message of this delivery was not found in the store")
