@@ -4,8 +4,9 @@ Part 1 submits changes shaped like the pipeline's (1 message + 1 delivery + 2 ev
 PLO payload) to SqliteStore with synchronous=FULL from 1, 10 and 100 concurrent submitters and
 counts what apply() acknowledged (each acknowledgement means: on disk).
 
-Part 2 fills a log of --rows messages (default 1,000,000; about 40 s to generate) with the
+Part 2 fills a log of --rows messages (default 1,000,000; about a minute to generate) with the
 adapter's own INSERT statements, then times search() for the queries the operator UI makes.
+The whole default run takes about 70 s.
 
     python bench/store.py [--seconds 4] [--rows 1000000] [--levels 1,6] [--dir /tmp] [--json]
 """

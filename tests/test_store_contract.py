@@ -61,6 +61,10 @@ class SqliteBackend:
     def new(self):
         return SqliteStore(self.path)
 
+    def child_store(self) -> tuple[str, str]:
+        """How a separate process opens this same store: an import line and an expression."""
+        return "from adapters.store_sqlite import SqliteStore", f"SqliteStore({str(self.path)!r})"
+
 
 BACKENDS = {"memory": MemoryBackend, "sqlite": SqliteBackend}
 
@@ -891,7 +895,7 @@ CRASH_CHILD = textwrap.dedent(
     """
     import asyncio, sys
     sys.path.insert(0, {repo!r})
-    from adapters.store_sqlite import SqliteStore
+    {store_import}
     from gateway.lifecycle import DeliveryState, MessageState
     from gateway.store import Change, DeliveryRecord, Direction, Event, MessageRecord
 
@@ -908,7 +912,7 @@ CRASH_CHILD = textwrap.dedent(
         sys.stdout.flush()
 
     async def main():
-        store = SqliteStore({path!r})
+        store = {store_expr}
         await store.open()
         sys.stdout.write("ready\\n")
         sys.stdout.flush()
@@ -923,10 +927,12 @@ CRASH_CHILD = textwrap.dedent(
 
 
 @pytest.mark.parametrize("run", range(4))
-def test_every_acknowledged_message_survives_sigkill(tmp_path, run):
-    path = tmp_path / "crash.db"
+def test_every_acknowledged_message_survives_sigkill(backend, run):
+    durable_only(backend)
+    store_import, store_expr = backend.child_store()
+    code = CRASH_CHILD.format(repo=str(REPO), store_import=store_import, store_expr=store_expr, run=run)
     child = subprocess.Popen(
-        [sys.executable, "-c", CRASH_CHILD.format(repo=str(REPO), path=str(path), run=run)],
+        [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -951,7 +957,7 @@ def test_every_acknowledged_message_survives_sigkill(tmp_path, run):
     assert len(acknowledged) >= 50
 
     async def check():
-        store = SqliteStore(path)
+        store = backend.new()
         await store.open()
         try:
             missing = []
