@@ -22,6 +22,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/crypto.py
+	$(BIN)/python bench/store.py
 
 # The demo network: the hospital trust's gateway on :8080, the municipalities' on :8081.
 run: $(STAMP)

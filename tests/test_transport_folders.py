@@ -474,7 +474,10 @@ async def test_send_to_something_that_is_not_a_folder_is_transient(party, tmp_pa
     assert result.outcome == Outcome.TRANSIENT
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="folder permissions do not bind root: run the suite as an unprivileged user to exercise a read-only in-folder",
+)
 async def test_send_to_an_unwritable_folder_is_transient(party):
     party.inbox.chmod(0o500)
     try:
