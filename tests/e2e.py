@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from gateway.demo.setup import setup_demo
-from gateway.demo.systems import SimulatedSystem, recast
+from gateway.demo.systems import ApiSystem, SimulatedSystem, api_system, recast
 from gateway.registry import default_certificate_holders, load_default_registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,11 +66,16 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str 
 
 
 class Net:
-    def __init__(self, directory: Path, pki_source: Path, delivery: dict | None = None):
+    def __init__(
+        self, directory: Path, pki_source: Path, delivery: dict | None = None, api_rate: float | None = None
+    ):
         self.directory = directory
         shutil.copytree(pki_source / "pki", directory / "pki")
         self.base_port = free_base_port()
-        self.info = setup_demo(directory, self.base_port, delivery={**FAST_DELIVERY, **(delivery or {})})
+        extra = {"api_rate": api_rate} if api_rate is not None else {}
+        self.info = setup_demo(
+            directory, self.base_port, delivery={**FAST_DELIVERY, **(delivery or {})}, **extra
+        )
         self.procs: dict[str, subprocess.Popen] = {}
         self.registry = load_default_registry()
         tls = directory / "tls"
@@ -147,6 +152,15 @@ class Net:
     def system(self, her_id: int) -> SimulatedSystem:
         s = self.info["systems"][str(her_id)]
         return SimulatedSystem(her_id, s["name"], Path(s["out"]), Path(s["in"]))
+
+    def api_system(self, her_id: int) -> ApiSystem:
+        """A demo system on the EDI 2.0 API, with its token and TLS client certificate."""
+        return api_system(
+            her_id,
+            self.info["systems"][str(her_id)],
+            self.info["tokens"][str(her_id)],
+            self.directory / "pki" / "ca.pem",
+        )
 
     def folder(self, her_id: int, which: str) -> Path:
         return Path(self.info["systems"][str(her_id)][which])

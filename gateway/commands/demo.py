@@ -55,7 +55,7 @@ async def wait_healthy(
 
 async def run_demo(directory: Path, base_port: int, traffic: bool, pace: float) -> int:
     from gateway.demo.setup import setup_demo
-    from gateway.demo.systems import SimulatedSystem, TrafficPlayer
+    from gateway.demo.systems import SimulatedSystem, TrafficPlayer, api_system
     from gateway.registry import load_default_registry
 
     print(f"setting up the demo in {directory} (the PKI is made once; that takes a few seconds)", flush=True)
@@ -82,8 +82,11 @@ async def run_demo(directory: Path, base_port: int, traffic: bool, pace: float) 
             await wait_healthy(
                 gw["url"], directory / "pki" / "ca.pem", (tls / f"{name}.pem", tls / f"{name}.key")
             )
+        ca = directory / "pki" / "ca.pem"
         systems = {
-            int(her): SimulatedSystem(int(her), s["name"], Path(s["out"]), Path(s["in"]))
+            int(her): api_system(int(her), s, info["tokens"][her], ca)
+            if s.get("api")
+            else SimulatedSystem(int(her), s["name"], Path(s["out"]), Path(s["in"]))
             for her, s in info["systems"].items()
         }
         tasks = [asyncio.create_task(s.run(stop)) for s in systems.values()]
@@ -93,6 +96,9 @@ async def run_demo(directory: Path, base_port: int, traffic: bool, pace: float) 
         for name, gw in info["gateways"].items():
             print(f"  {name:<10} {gw['url']}   config {gw['config']}")
         print(f"  demo.json  {directory / 'demo.json'}")
+        for her, s in info["systems"].items():
+            if s.get("api"):
+                print(f"  API        {s['name']} ({her}) on {s['url']}; its token is in demo.json")
         print(f"  logs       {logs}/")
         print(f"watch the delivery log:  komut log --config {info['gateways']['hospital']['config']}")
         print("Ctrl-C stops everything.", flush=True)

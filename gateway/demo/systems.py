@@ -1,19 +1,23 @@
 """Simulated local systems for the demo: hospital EPJ, municipal care systems and GP systems.
 
-They talk to their gateway only through their folders, as a real system on a file interface
+Most talk to their gateway only through their folders, as a real system on a file interface
 would: they write `name.xml.tmp` then rename it to `name.xml` in `out/`, and read what the
-gateway puts in `in/`. Every business message they receive is answered with an AppRec, as an EPJ
-does after import. The traffic player replays the PLO patient stay and the GP dialogue from
+gateway puts in `in/`. A few use the EDI 2.0 API instead (`ApiSystem`), as an EPJ integrated with
+Norsk helsenett's Meldingstjener would. Every business message they receive is answered with an
+AppRec, as an EPJ does after import. The traffic player replays the PLO patient stay and the GP dialogue from
 `sample_messages/` with fresh ids, between parties chosen at random in the demo network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
 import contextlib
 import logging
 import os
 import random
+import ssl
 import tomllib
 import uuid
 from dataclasses import dataclass
@@ -220,11 +224,149 @@ class SimulatedSystem:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
 
+class ApiError(Exception):
+    pass
+
+
+class ApiSystem:
+    """A local system on the EDI 2.0 (Meldingstjener v2) API of its gateway.
+
+    It polls GET /Messages for its HER-ids, reads each business document, marks it read and
+    answers business messages with an AppRec through POST /Messages/{id}/apprec/{herId}; what it
+    is given to send (`send`) it POSTs to /Messages on its next round.
+    """
+
+    def __init__(
+        self,
+        her_id: int,
+        name: str,
+        base_url: str,
+        token: str,
+        receiver_her_ids: list[int],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        reject_rate: float = 0.0,
+        seed: int = 0,
+    ):
+        self.her_id = her_id
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.receiver_her_ids = list(receiver_her_ids)
+        self.ssl_context = ssl_context
+        self.reject_rate = reject_rate
+        self.rng = random.Random(seed or her_id)
+        self.outbox: collections.deque[bytes] = collections.deque()
+        self.received = 0
+        self.answered = 0
+        self.sent = 0
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self.token}",
+            "api-version": "2",
+            "nhn-source-system": f"{self.name}, komut demo",
+        }
+
+    def send(self, data: bytes, name: str | None = None) -> None:
+        """Queue a business document; `run` POSTs it (the traffic player is not async per system)."""
+        self.outbox.append(data)
+
+    async def _call(self, session, method: str, path: str, expect: int, **kwargs):
+        async with session.request(
+            method, self.base_url + path, headers=self.headers, ssl=self.ssl_context, **kwargs
+        ) as resp:
+            if resp.status != expect:
+                raise ApiError(f"{method} {path}: HTTP {resp.status} {(await resp.text())[:300]}")
+            return await resp.json() if resp.status != 204 else None
+
+    async def post_message(self, session, data: bytes) -> str:
+        body = {
+            "businessDocument": base64.b64encode(data).decode("ascii"),
+            "contentType": "application/xml",
+            "contentTransferEncoding": "base64",
+        }
+        message_id = await self._call(session, "POST", "/Messages", 201, json=body)
+        self.sent += 1
+        return message_id
+
+    async def flush(self, session) -> int:
+        posted = 0
+        while self.outbox:
+            await self.post_message(session, self.outbox[0])
+            self.outbox.popleft()  # only once it is in: a failed POST is tried again next round
+            posted += 1
+        return posted
+
+    async def poll_once(self, session) -> int:
+        params = [("ReceiverHerIds", str(h)) for h in self.receiver_her_ids]
+        params += [("IncludeMetadata", "true"), ("MessagesToFetch", "100")]
+        listed = await self._call(session, "GET", "/Messages", 200, params=params)
+        for item in listed:
+            message_id, receiver = item["id"], item["receiverHerId"]
+            doc = await self._call(session, "GET", f"/Messages/{message_id}/business-document", 200)
+            data = base64.b64decode(doc["businessDocument"])
+            await self._call(session, "PUT", f"/Messages/{message_id}/read/{receiver}", 204)
+            self.received += 1
+            if item.get("isAppRec"):
+                continue
+            try:
+                read_message(parse_xml(data))
+            except InvalidMessage:
+                continue
+            if self.rng.random() < self.reject_rate:
+                answer = {
+                    "appRecStatus": "Rejected",
+                    "appRecErrorList": [
+                        {
+                            "errorCode": "E35",
+                            "details": None,
+                            "description": "Pasienten finnes ikke i mottakersystemet (demo)",
+                        }
+                    ],
+                }
+            else:
+                answer = {"appRecStatus": "Ok"}
+            await self._call(session, "POST", f"/Messages/{message_id}/apprec/{receiver}", 201, json=answer)
+            self.answered += 1
+        return len(listed)
+
+    async def run(self, stop: asyncio.Event, interval: float = 0.5) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                try:
+                    await self.flush(session)
+                    await self.poll_once(session)
+                except (ApiError, aiohttp.ClientError, OSError) as exc:
+                    log.warning("%s: %s", self.name, exc)
+                except Exception:
+                    log.exception("%s failed to talk to its gateway's API", self.name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+def api_system(her_id: int, entry: dict, token: str, ca: Path, **kwargs) -> ApiSystem:
+    """An ApiSystem from its demo.json `systems` entry and token."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(entry["client_cert"], entry["client_key"])
+    return ApiSystem(
+        her_id, entry["name"], entry["url"], token, entry["receiver_her_ids"], ssl_context=ctx, **kwargs
+    )
+
+
 class TrafficPlayer:
     """Replays the sample stories between randomly chosen parties, one message every `pace` s."""
 
     def __init__(
-        self, registry: Registry, systems: dict[int, SimulatedSystem], *, pace: float = 2.0, seed: int = 1
+        self,
+        registry: Registry,
+        systems: dict[int, SimulatedSystem | ApiSystem],
+        *,
+        pace: float = 2.0,
+        seed: int = 1,
     ):
         self.registry = registry
         self.systems = systems
@@ -233,13 +375,26 @@ class TrafficPlayer:
         self.templates = story_templates()
         self.sent = 0
 
+    def system_for(self, data: bytes, sender_org: int) -> SimulatedSystem | ApiSystem | None:
+        """The sender's local system: the nearest one up its lineage (a site on the API rather than
+        the trust's EPJ), as the gateway's router would pick it."""
+        try:
+            her = read_message(parse_xml(data)).sender.her_id
+        except InvalidMessage:
+            her = None
+        if her is not None and her in self.registry:
+            for party in self.registry.lineage(her):
+                if party.her_id in self.systems:
+                    return self.systems[party.her_id]
+        return self.systems.get(sender_org)
+
     def play_story(self) -> list[Path]:
         cast = pick_cast(self.registry, self.rng)
         ids: dict[str, str] = {}
         written = []
         for template in self.templates:
             data, sender_org = recast(template["bytes"], self.registry, cast, ids)
-            system = self.systems.get(sender_org)
+            system = self.system_for(data, sender_org)
             if system is not None:
                 written.append(system.send(data))
                 self.sent += 1
@@ -253,7 +408,7 @@ class TrafficPlayer:
                 if stop.is_set():
                     return
                 data, sender_org = recast(template["bytes"], self.registry, cast, ids)
-                system = self.systems.get(sender_org)
+                system = self.system_for(data, sender_org)
                 if system is not None:
                     system.send(data)
                     self.sent += 1
