@@ -19,7 +19,7 @@ from message_types.model import Message
 from message_types.problems import InvalidMessage, Problem, Severity
 from message_types.read import read_message, unsupported
 from message_types.rules import DEFAULT_FUTURE_TOLERANCE, check_message
-from message_types.xmlparse import DEFAULT_MAX_BYTES, parse_xml, readable_path
+from message_types.xmlparse import DEFAULT_MAX_BYTES, parse_xml, readable_path, split_tag
 
 # Enough to act on; a badly broken file can produce thousands of schema errors.
 MAX_XSD_PROBLEMS = 50
@@ -133,7 +133,7 @@ class Validator:
                 for child in content:
                     if not isinstance(child.tag, str):
                         continue
-                    ns = etree.QName(child).namespace
+                    ns = split_tag(child.tag)[0]
                     if not self.schemas.covers(ns):
                         content_kind = kind_of(ns)
                         title = content_kind.title if content_kind else f"<{etree.QName(child).localname}>"

@@ -21,6 +21,7 @@ from message_types.model import (
     PartyLevel,
     Patient,
 )
+from message_types.xmlparse import split_tag
 
 NS = MSGHEAD_NS
 _P = "{" + NS + "}"
@@ -236,8 +237,7 @@ def _read_document(element: etree._Element) -> Document:
                 elif rtag == _CONTENT:
                     for first in ref:
                         if isinstance(first.tag, str):
-                            qname = etree.QName(first)
-                            content_ns, content_root = qname.namespace, qname.localname
+                            content_ns, content_root = split_tag(first.tag)
                             break
                 elif rtag == _MIME:
                     mime = _strip(ref.text)

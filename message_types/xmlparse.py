@@ -97,6 +97,14 @@ def _syntax_message(exc: etree.XMLSyntaxError, data: bytes) -> str:
     return f"not well-formed XML: {text}"
 
 
+def split_tag(tag: str) -> tuple[str | None, str]:
+    """'{ns}local' -> (ns, local); cheaper than etree.QName on the hot path."""
+    if tag[:1] == "{":
+        ns, _, local = tag[1:].partition("}")
+        return ns, local
+    return None, tag
+
+
 def local_name(element: etree._Element) -> str:
     tag = element.tag
     if not isinstance(tag, str):
