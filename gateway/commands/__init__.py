@@ -10,6 +10,7 @@ COMMAND_MODULES = (
     "gateway.commands.serve",
     "gateway.commands.demo",
     "gateway.commands.lifecycle",
+    "gateway.commands.conformance",
     "gateway.commands.registry",
     "gateway.commands.route",
     "gateway.commands.protect",
