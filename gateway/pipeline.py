@@ -270,13 +270,31 @@ class Pipeline:
         """Queue an AppRec answering `original` on behalf of its receiver; idempotent per original."""
         registry = self.registry()
         errors = [(p.code, f"{p.message}"[:MAX_DETAIL]) for p in problems]
-        data = build_apprec(
-            original,
-            status,
-            errors,
-            version=self._apprec_version(registry, original.sender.her_id),
-            sender_role=role,
-        )
+        try:
+            data = build_apprec(
+                original,
+                status,
+                errors,
+                version=self._apprec_version(registry, original.sender.her_id),
+                sender_role=role,
+            )
+        except ValueError as exc:
+            # An address too broken to answer: say so in the log rather than fail the front door.
+            if answering_id is not None:
+                await self.store.apply(
+                    Change(
+                        events=[
+                            Event(
+                                self.clock(),
+                                Actor.GATEWAY,
+                                "AppRec could not be built",
+                                message_id=answering_id,
+                                reason=str(exc),
+                            )
+                        ]
+                    )
+                )
+            return None
         result = self.validator.validate(data)
         now = self.clock()
         if result.message is None or not result.valid:

@@ -84,6 +84,7 @@ class Validator:
         result = ValidationResult(kind=kind, tree=tree)
         result.problems = self._coverage(root, qname, kind)
         if result.problems:
+            result.message = _addressable(root, kind)
             return result
         errors = self.schemas.xsd_errors(tree)
         if errors:
@@ -92,6 +93,7 @@ class Validator:
                 result.problems.append(
                     Problem(ErrorCode.T02, f"... and {len(errors) - MAX_XSD_PROBLEMS} more schema errors")
                 )
+            result.message = _addressable(root, kind)
             return result
         try:
             result.message = read_message(root)
@@ -161,6 +163,21 @@ class Validator:
             except etree.XPathError:
                 path = None
         return Problem(ErrorCode.T02, _CLARK.sub("", entry.message), line=entry.line or None, path=path)
+
+
+def _addressable(root: etree._Element, kind: DocumentKind | None) -> Message | None:
+    """The envelope of a refused message, read as far as it goes, so the refusal can be answered
+    with an AppRec (T02, T10) and logged with its parties. Only a MsgHead whose MsgId, sender and
+    receiver could be read counts; no business rule is applied to it."""
+    if kind is None or kind.family.value != "MsgHead":
+        return None
+    try:
+        message = read_message(root)
+    except Exception:  # a broken envelope may fail anywhere in the reader; then there is no one to answer
+        return None
+    if message.msg_id and message.sender.levels and message.receiver.levels and message.sender.her_id:
+        return message
+    return None
 
 
 _default: Validator | None = None
