@@ -8,6 +8,7 @@ same bytes. Nothing survives the process; close() and open() keep the data of th
 
 from __future__ import annotations
 
+import bisect
 import copy
 import dataclasses
 import json
@@ -25,6 +26,8 @@ from gateway.lifecycle import (
     check_delivery,
 )
 from gateway.store import (
+    FAILED_STATES,
+    LATENCY_STATES,
     Applied,
     Change,
     Claimed,
@@ -32,8 +35,11 @@ from gateway.store import (
     DeliveryRecord,
     Direction,
     Event,
+    Latency,
     MessageRecord,
+    PartnerStats,
     Query,
+    TrafficStats,
 )
 
 COMPRESS_LEVEL = 1  # the SQLite store's default, so both count the same stored bytes
@@ -67,6 +73,7 @@ class MemoryStore:
         self._deliveries: dict[int, DeliveryRecord] = {}
         self._deliveries_of: dict[int, list[int]] = {}
         self._events: dict[int | None, list[Event]] = {}
+        self._event_log: list[Event] = []  # every event in id order: the change feed
         self._next = {"message": 1, "delivery": 1, "event": 1}
         self._open = False
 
@@ -230,6 +237,7 @@ class MemoryStore:
     def _add_event(self, event: Event) -> None:
         event.id = self._id("event")
         self._events.setdefault(event.message_id, []).append(event)
+        self._event_log.append(event)
 
     # --- claim and leases ----------------------------------------------------------------------
 
@@ -370,6 +378,50 @@ class MemoryStore:
         for d in self._deliveries.values():
             out[str(d.state)] += 1
         return out
+
+    async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
+        self._check_open()
+        start = bisect.bisect_right(self._event_log, after_id, key=lambda e: e.id)
+        return [self._event_out(e) for e in self._event_log[start : start + max(limit, 0)]]
+
+    async def last_event_id(self) -> int:
+        self._check_open()
+        return self._event_log[-1].id if self._event_log else 0
+
+    # --- statistics ----------------------------------------------------------------------------
+
+    async def traffic_stats(self, since: float, until: float) -> TrafficStats:
+        self._check_open()
+        hourly: dict[tuple[float, str], int] = {}
+        partners: dict[int, PartnerStats] = {}
+        latencies: dict[str, list[float]] = {kind: [] for kind in set(LATENCY_STATES.values())}
+        failed = {str(s) for s in FAILED_STATES}
+        for m in self._messages.values():
+            if not since <= m.received_at < until:
+                continue
+            hour = float(int(m.received_at // 3600) * 3600)
+            hourly[(hour, m.msg_type)] = hourly.get((hour, m.msg_type), 0) + 1
+            if m.sender_her is not None:
+                p = partners.setdefault(m.sender_her, PartnerStats(m.sender_her))
+                p.sent += 1
+                p.refused += m.state == MessageState.REJECTED
+            for i in self._deliveries_of.get(m.id, []):
+                d = self._deliveries[i]
+                p = partners.setdefault(d.receiver_her, PartnerStats(d.receiver_her))
+                p.deliveries += 1
+                p.failed += str(d.state) in failed
+                p.apprec_missing += d.state == DeliveryState.APPREC_MISSING
+            for e in self._events.get(m.id, []):
+                kind = LATENCY_STATES.get(e.to_state) if e.to_state else None
+                if kind is not None:
+                    latencies[kind].append(e.at - m.received_at)
+        return TrafficStats(
+            since=since,
+            until=until,
+            hourly=sorted((hour, t, n) for (hour, t), n in hourly.items()),
+            partners=partners,
+            latency={kind: Latency.of(values) for kind, values in latencies.items()},
+        )
 
     # --- search --------------------------------------------------------------------------------
 

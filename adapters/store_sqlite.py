@@ -45,6 +45,8 @@ from gateway.lifecycle import (
     check_delivery,
 )
 from gateway.store import (
+    FAILED_STATES,
+    LATENCY_STATES,
     Applied,
     Change,
     Claimed,
@@ -52,8 +54,11 @@ from gateway.store import (
     DeliveryRecord,
     Direction,
     Event,
+    Latency,
     MessageRecord,
+    PartnerStats,
     Query,
+    TrafficStats,
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -189,6 +194,12 @@ MIGRATIONS: tuple[str, ...] = (
         details      TEXT NOT NULL DEFAULT '{}'
     );
     CREATE INDEX events_message ON events(message_id);
+    """,
+    # 2: latency statistics read the transitions to delivered and to an AppRec state from this
+    # index alone (two or so entries per message) instead of every event row of every message.
+    """
+    CREATE INDEX events_outcomes ON events(message_id, to_state, at)
+        WHERE to_state IN ('delivered', 'app-ok', 'app-partial', 'app-rejected');
     """,
 )
 
@@ -357,6 +368,31 @@ SQL_ESTIMATE_DELIVERIES = (
     "WHERE state = ? AND message_id BETWEEN ? AND ? LIMIT ?)"
 )
 SQL_HAS_DELIVERY_IN_STATE = "EXISTS (SELECT 1 FROM deliveries AS s WHERE s.message_id = m.id AND s.state = ?)"
+
+# Change feed and statistics. The statistics walk the id range of the time window (time_blocks)
+# in rowid order; "+" keeps SQLite from trading that range for a column index.
+SQL_EVENTS_SINCE = f"SELECT id, {_E} FROM events WHERE id > ? ORDER BY id LIMIT ?"
+SQL_LAST_EVENT_ID = "SELECT coalesce(max(id), 0) FROM events"
+SQL_STATS_WINDOW = "m.id BETWEEN ? AND ? AND +m.received_at >= ? AND +m.received_at < ?"
+SQL_STATS_HOURLY = f"""
+    SELECT CAST(m.received_at / 3600 AS INTEGER) * 3600 AS hour, m.msg_type, count(*)
+    FROM messages AS m WHERE {SQL_STATS_WINDOW} GROUP BY hour, m.msg_type
+"""
+SQL_STATS_SENDERS = f"""
+    SELECT m.sender_her, count(*), sum(m.state = 'rejected') FROM messages AS m
+    WHERE {SQL_STATS_WINDOW} AND +m.sender_her IS NOT NULL GROUP BY m.sender_her
+"""
+SQL_STATS_RECEIVERS = f"""
+    SELECT d.receiver_her, count(*), sum(d.state IN ({{failed}})), sum(d.state = 'apprec-missing')
+    FROM messages AS m CROSS JOIN deliveries AS d INDEXED BY deliveries_message ON d.message_id = m.id
+    WHERE {SQL_STATS_WINDOW} GROUP BY d.receiver_her
+"""
+# The IN list is migration 2's, word for word, so that SQLite may use the partial index.
+SQL_STATS_LATENCY = f"""
+    SELECT e.to_state, e.at - m.received_at
+    FROM messages AS m CROSS JOIN events AS e INDEXED BY events_outcomes ON e.message_id = m.id
+    WHERE {SQL_STATS_WINDOW} AND e.to_state IN ('delivered', 'app-ok', 'app-partial', 'app-rejected')
+"""
 
 # ------------------------------------------------------------------------------------------------
 
@@ -1017,6 +1053,41 @@ class SqliteStore:
         rows = await self._read(lambda conn: conn.execute(SQL_COUNTS).fetchall())
         out = {str(state): 0 for state in DeliveryState}
         out.update(dict(rows))
+        return out
+
+    async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
+        if limit <= 0:
+            return []
+        rows = await self._read(lambda conn: conn.execute(SQL_EVENTS_SINCE, (after_id, limit)).fetchall())
+        return [_event(row) for row in rows]
+
+    async def last_event_id(self) -> int:
+        return await self._read(lambda conn: conn.execute(SQL_LAST_EVENT_ID).fetchone()[0])
+
+    # --- statistics ----------------------------------------------------------------------------
+
+    async def traffic_stats(self, since: float, until: float) -> TrafficStats:
+        return await self._read(lambda conn: self._traffic_stats(conn, since, until))
+
+    def _traffic_stats(self, conn: sqlite3.Connection, since: float, until: float) -> TrafficStats:
+        out = TrafficStats(since=since, until=until)
+        kinds = sorted(set(LATENCY_STATES.values()))
+        out.latency = {kind: Latency() for kind in kinds}
+        low, high = conn.execute(SQL_TIME_RANGE_IDS_SIZED, (since, until)).fetchone()
+        if low is None:
+            return out
+        window = (low, high, since, until)
+        out.hourly = sorted((float(h), t, n) for h, t, n in conn.execute(SQL_STATS_HOURLY, window))
+        for her, sent, refused in conn.execute(SQL_STATS_SENDERS, window):
+            out.partners[her] = PartnerStats(her, sent=sent, refused=refused)
+        sql = SQL_STATS_RECEIVERS.format(failed=_literals(FAILED_STATES))
+        for her, count, failed, missing in conn.execute(sql, window):
+            p = out.partners.setdefault(her, PartnerStats(her))
+            p.deliveries, p.failed, p.apprec_missing = count, failed, missing
+        values: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for state, seconds in conn.execute(SQL_STATS_LATENCY, window):
+            values[LATENCY_STATES[state]].append(seconds)
+        out.latency = {kind: Latency.of(v) for kind, v in values.items()}
         return out
 
     # --- search --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ lets a store group many changes into one commit (one fsync for many messages).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -132,6 +133,69 @@ class Query:
 
 
 @dataclass
+class PartnerStats:
+    """One party's traffic in a time window, for the dashboard and the partner page."""
+
+    her_id: int
+    sent: int = 0  # messages with this party as sender
+    refused: int = 0  # of those, refused by this gateway (message state rejected)
+    deliveries: int = 0  # deliveries to this party
+    failed: int = 0  # of those, now dead, expired, app-rejected or app-partial
+    apprec_missing: int = 0  # of those, now apprec-missing
+
+
+@dataclass
+class Latency:
+    count: int = 0
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Latency:
+        """Nearest-rank percentiles: every store computes them the same way from the same values."""
+        if not values:
+            return cls()
+        ordered = sorted(values)
+        n = len(ordered)
+
+        def rank(p: float) -> float:
+            return ordered[min(n - 1, max(0, math.ceil(p * n) - 1))]
+
+        return cls(n, rank(0.50), rank(0.90), rank(0.99), ordered[-1])
+
+
+# Delivery states that count as a failure towards the receiver in PartnerStats.
+FAILED_STATES = (
+    DeliveryState.DEAD,
+    DeliveryState.EXPIRED,
+    DeliveryState.APP_REJECTED,
+    DeliveryState.APP_PARTIAL,
+)
+# Transitions whose time, less the message's received_at, is a latency: to the transport receipt
+# ("transport") and to the AppRec ("apprec").
+LATENCY_STATES = {
+    DeliveryState.DELIVERED: "transport",
+    DeliveryState.APP_OK: "apprec",
+    DeliveryState.APP_PARTIAL: "apprec",
+    DeliveryState.APP_REJECTED: "apprec",
+}
+
+
+@dataclass
+class TrafficStats:
+    """Aggregates over the messages received in [since, until)."""
+
+    since: float
+    until: float
+    hourly: list[tuple[float, str, int]] = field(default_factory=list)  # (hour start, msg_type, messages)
+    partners: dict[int, PartnerStats] = field(default_factory=dict)
+    # "transport" and "apprec": seconds from received_at to each delivered / AppRec transition.
+    latency: dict[str, Latency] = field(default_factory=dict)
+
+
+@dataclass
 class Claimed:
     delivery: DeliveryRecord
     message: MessageRecord  # with payload
@@ -189,3 +253,13 @@ class Store(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Deliveries per state, for dashboards and metrics."""
+
+    async def traffic_stats(self, since: float, until: float) -> TrafficStats:
+        """Volume per hour and type, per-partner refusals and failures, and latency percentiles of
+        the messages received in [since, until) (tests/test_store_stats.py pins the semantics)."""
+
+    async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
+        """Events with an id above `after_id`, oldest first: the change feed for live views."""
+
+    async def last_event_id(self) -> int:
+        """The newest event's id, 0 when there is none: where a live view starts following."""
