@@ -66,7 +66,27 @@ class SqliteBackend:
         return "from adapters.store_sqlite import SqliteStore", f"SqliteStore({str(self.path)!r})"
 
 
-BACKENDS = {"memory": MemoryBackend, "sqlite": SqliteBackend}
+class PostgresBackend:
+    """A fresh database on the session's throwaway PostgreSQL (tests/servers.py) per test."""
+
+    durable = True
+    groups_commits = False  # PostgreSQL groups WAL flushes itself; the adapter has nothing to count
+
+    def __init__(self, tmp_path: Path):
+        import servers
+
+        self.dsn = servers.postgres().new_database()
+
+    def new(self):
+        from adapters.store_postgres import PostgresStore
+
+        return PostgresStore(self.dsn)
+
+    def child_store(self) -> tuple[str, str]:
+        return "from adapters.store_postgres import PostgresStore", f"PostgresStore({self.dsn!r})"
+
+
+BACKENDS = {"memory": MemoryBackend, "sqlite": SqliteBackend, "postgres": PostgresBackend}
 
 
 @pytest.fixture(params=list(BACKENDS))
