@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import hashes
+
 from gateway.config import Config
 from gateway.lifecycle import (
     APPREC_TARGET,
@@ -25,7 +27,7 @@ from gateway.lifecycle import (
     MessageState,
     check_delivery,
 )
-from gateway.protection.errors import ProtectionError
+from gateway.protection.errors import FailureKind, ProtectionError
 from gateway.registry import Registry
 from gateway.routing import Decision, LocalEndpoint, Route, Router, build_router
 from gateway.security import Security
@@ -44,7 +46,7 @@ from gateway.validation import ValidationResult, Validator
 from message_types.apprec import build_apprec
 from message_types.codes import AppRecStatus, ErrorCode
 from message_types.kinds import Family
-from message_types.model import Message
+from message_types.model import Address, Ident, LevelKind, Message, PartyLevel
 from message_types.problems import Problem
 
 log = logging.getLogger("komut.pipeline")
@@ -266,8 +268,10 @@ class Pipeline:
         *,
         answering_id: int | None,
         role: str = "PRIM",
+        sender: Address | None = None,
     ) -> int | None:
-        """Queue an AppRec answering `original` on behalf of its receiver; idempotent per original."""
+        """Queue an AppRec answering `original` on behalf of its receiver (or `sender`); idempotent
+        per original."""
         registry = self.registry()
         errors = [(p.code, f"{p.message}"[:MAX_DETAIL]) for p in problems]
         try:
@@ -277,6 +281,7 @@ class Pipeline:
                 errors,
                 version=self._apprec_version(registry, original.sender.her_id),
                 sender_role=role,
+                sender=sender,
             )
         except ValueError as exc:
             # An address too broken to answer: say so in the log rather than fail the front door.
@@ -385,6 +390,23 @@ class Pipeline:
             log.warning("AppRec %s answers unknown message %s", apprec.msg_id, info.original_msg_id)
         return updates, events
 
+    async def _store_accepted(
+        self, record: MessageRecord, message: Message, decision: Decision, now: float, actor: Actor
+    ):
+        """One transaction: the message, its deliveries, its events, and for an AppRec the state of
+        the delivery it answers."""
+        change = self._accept_change(record, message, decision, now, actor)
+        if message.kind.family == Family.APPREC:
+            updates, events = await self._correlate_apprec(message, None, now)
+            change.delivery_updates += updates
+            change.events += events
+        try:
+            return await self.store.apply(change)
+        except Conflict:
+            # The answered delivery moved meanwhile (e.g. a timer): keep the AppRec, drop the update.
+            change.delivery_updates = []
+            return await self.store.apply(change)
+
     # --- from our local systems ---------------------------------------------------------------------
 
     async def from_local(self, data: bytes, source: str, sender_her: int | None = None) -> SubmitResult:
@@ -435,17 +457,7 @@ class Pipeline:
                 status=400,
             )
         record = self._record(Direction.OUTBOUND, MessageState.ACCEPTED, data, message, source, now=now)
-        change = self._accept_change(record, message, decision, now, Actor.GATEWAY)
-        if message.kind.family == Family.APPREC:
-            updates, events = await self._correlate_apprec(message, None, now)
-            change.delivery_updates += updates
-            change.events += events
-        try:
-            applied = await self.store.apply(change)
-        except Conflict:
-            # The delivery moved meanwhile (e.g. a timer); store the AppRec without the update.
-            change.delivery_updates = []
-            applied = await self.store.apply(change)
+        applied = await self._store_accepted(record, message, decision, now, Actor.GATEWAY)
         if not applied.created:
             return SubmitResult(accepted=True, message_id=applied.message_id, duplicate=True)
         self.wake()
@@ -465,7 +477,10 @@ class Pipeline:
         if self.security is None:
             return PeerReceipt(False, 503, "this gateway cannot decrypt (no keys configured)")
         crypto_problems: list[Problem] = []
+        crypto_failure: ProtectionError | None = None
+        spoof: Problem | None = None
         algorithms = ""
+        to_her = None
         try:
             try:
                 to_her = int(routing.get("to_her") or 0) or None
@@ -486,11 +501,36 @@ class Pipeline:
                     f"{exc.transport_error}: {exc.reason}",
                 )
             content = exc.content
+            crypto_failure = exc
             crypto_problems.append(Problem(ErrorCode(exc.apprec.value), f"{exc.kind.check}: {exc.reason}"))
+            spoof = self._foreign_signer(registry, exc, from_her)
         result = await self._validate(content)
         message = result.message
+        problems = crypto_problems + list(result.errors)
+        if spoof is None and message is not None and not problems:
+            spoof = self._spoofing(registry, message, from_her)
         key = self.dedupe_key(message, content)
         existing = await self.store.find_message(key)
+        # Spoofs and unreadable content get the same answer every time they come, so both are
+        # decided before the duplicate check (which would otherwise acknowledge a repeated one).
+        if spoof is not None:
+            if existing is None:
+                record = self._record(
+                    Direction.INBOUND, MessageState.REJECTED, content, message, source, [spoof], now
+                )
+                await self.store.apply(self._reject_change(record, [spoof], now, Actor.PEER))
+            return PeerReceipt(False, 403, f"abuse:spoofing-attack: {spoof.message}")
+        if message is None:
+            # Without a readable MsgHead no AppRec can reach the sender: only the transport can say it.
+            if existing is None:
+                record = self._record(
+                    Direction.INBOUND, MessageState.REJECTED, content, None, source, problems, now
+                )
+                await self.store.apply(self._reject_change(record, problems, now, Actor.PEER))
+            error = crypto_failure.transport_error if crypto_failure else "transport:unsupported-message"
+            return PeerReceipt(
+                False, 400, f"{error}: the content is not a readable message: {_first_reason(problems)}"
+            )
         if existing is not None:
             await self.store.apply(
                 Change(
@@ -508,17 +548,8 @@ class Pipeline:
             return PeerReceipt(
                 True, 200, "duplicate: already received", duplicate=True, message_ref=str(existing.id)
             )
-        problems = crypto_problems + list(result.errors)
-        if message is not None and not problems:
-            spoof = self._spoofing(registry, message, from_her)
-            if spoof:
-                record = self._record(
-                    Direction.INBOUND, MessageState.REJECTED, content, message, source, [spoof], now
-                )
-                await self.store.apply(self._reject_change(record, [spoof], now, Actor.PEER))
-                return PeerReceipt(False, 403, f"abuse:spoofing-attack: {spoof.message}")
         decision = None
-        if message is not None and not problems:
+        if not problems:
             decision = self.router().route(message, inbound=True)
             problems += decision.problems
             for route in decision.routes:
@@ -533,30 +564,64 @@ class Pipeline:
                 Direction.INBOUND, MessageState.REJECTED, content, message, source, problems, now
             )
             applied = await self.store.apply(self._reject_change(record, problems, now, Actor.PEER))
-            if message is not None and message.kind.family != Family.APPREC:
+            if message.kind.family != Family.APPREC:
                 await self.send_apprec(
-                    message, AppRecStatus.REJECTED, problems, answering_id=applied.message_id
+                    message,
+                    AppRecStatus.REJECTED,
+                    problems,
+                    answering_id=applied.message_id,
+                    sender=self._answering_address(registry, message, to_her),
                 )
             # The transport worked: the sender learns of the refusal by AppRec, not by a transport error.
             return PeerReceipt(True, 200, "received; refused by AppRec", message_ref=str(applied.message_id))
-        if message is None:
-            return PeerReceipt(False, 400, "unreadable")
         record = self._record(Direction.INBOUND, MessageState.ACCEPTED, content, message, source, now=now)
         record.summary["algorithms"] = algorithms
-        change = self._accept_change(record, message, decision, now, Actor.PEER)
-        if message.kind.family == Family.APPREC:
-            updates, events = await self._correlate_apprec(message, None, now)
-            change.delivery_updates += updates
-            change.events += events
-        try:
-            applied = await self.store.apply(change)
-        except Conflict:
-            change.delivery_updates = []
-            applied = await self.store.apply(change)
+        applied = await self._store_accepted(record, message, decision, now, Actor.PEER)
         self.wake()
         return PeerReceipt(
             True, 200, "stored", duplicate=not applied.created, message_ref=str(applied.message_id)
         )
+
+    def _foreign_signer(
+        self, registry: Registry, exc: ProtectionError, from_her: int | None
+    ) -> Problem | None:
+        """A signer the registry holds for another organisation than the claimed sender's is not a
+        broken certificate (S02) but someone sending in another's name: no AppRec to the victim."""
+        if exc.kind is not FailureKind.NOT_REGISTERED or exc.certificate is None or from_her is None:
+            return None
+        fingerprint = exc.certificate.sha256.lower()
+        claimed = registry.certificate_holder(from_her) if from_her in registry else None
+        for holder in registry.certificate_holders():
+            certs = holder.certificates
+            if holder == claimed or certs is None:
+                continue
+            if any(c.fingerprint(hashes.SHA256()).hex() == fingerprint for c in certs.signing_certificates()):
+                return Problem(
+                    ErrorCode.X99,
+                    f"signed by the certificate of {holder.name} (HER-id {holder.her_id}), "
+                    f"not by the sending organisation (HER-id {from_her})",
+                )
+        return None
+
+    def _answering_address(self, registry: Registry, message: Message, to_her: int | None) -> Address | None:
+        """Who answers a message whose receiver this gateway holds no keys for (unknown, or served
+        elsewhere): the party the peer addressed it to. An AppRec in the receiver's name would be
+        signed with a key that is not the receiver's, and the sender's gateway would refuse it."""
+        security = self.security
+        if security is None or to_her is None or security.org_for(registry, to_her) is None:
+            return None
+        receiver = message.receiver.her_id
+        if receiver is not None and security.org_for(registry, receiver) is not None:
+            return None
+        levels = []
+        for party in reversed(registry.lineage(to_her)):
+            kind = LevelKind.PERSON if str(party.kind) == "person" else LevelKind.SERVICE
+            levels.append(
+                PartyLevel(
+                    party.name, kind if levels else LevelKind.ORGANISATION, (Ident(str(party.her_id), "HER"),)
+                )
+            )
+        return Address(tuple(levels))
 
     def _spoofing(self, registry: Registry, message: Message, from_her: int | None) -> Problem | None:
         """The MsgHead sender must belong to the organisation whose certificate signed it."""
