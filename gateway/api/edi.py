@@ -69,10 +69,6 @@ class TooLarge(Exception):
     pass
 
 
-class UnsupportedMedia(Exception):
-    pass
-
-
 @dataclass
 class Call:
     """One authenticated request."""
@@ -196,8 +192,6 @@ class EdiApi:
             except TooLarge:
                 limit = self.settings.max_request_bytes // (1024 * 1024)
                 return _error(413, rid, f"The request is larger than {limit} MB")
-            except UnsupportedMedia:
-                return _error(415, rid, "The request body must be JSON (application/json)")
             except Exception:
                 log.exception("API request %s %s failed (request id %s)", request.method, request.path, rid)
                 return _error(500, rid, "An unknown error occurred")
@@ -207,8 +201,13 @@ class EdiApi:
     async def _json_body(self, call: Call):
         request, limit = call.request, self.settings.max_request_bytes
         media = request.content_type.lower()
+        if not request.body_exists:
+            raise RequestInvalid(["A non-empty request body is required."])
         if not (media in ("application/json", "text/json") or media.endswith("+json")):
-            raise UnsupportedMedia()
+            # 415 would be the textbook answer; the spec lists 400 for a request it cannot take.
+            raise RequestInvalid(
+                [f"The request body must be JSON (Content-Type application/json), not {media[:60]!r}."]
+            )
         if request.content_length is not None and request.content_length > limit:
             raise TooLarge()
         chunks, size = [], 0
