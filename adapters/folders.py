@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.transport import Inbound, Outcome, Outgoing, SendResult, SubmitResult
+from message_types.problems import mask_national_ids
 
 log = logging.getLogger("komut.transport.folders")
 
@@ -232,12 +233,18 @@ def _deliver_file(folder: Path, name: str, data: bytes) -> tuple[Path, bool]:
     raise OSError(errno.EEXIST, f"{MAX_SUFFIX} files named like {name} already there", str(folder))
 
 
+def shown_name(name: str) -> str:
+    """A file name as logs and .err files show it: local systems choose file names, and some put a
+    line break in one (a forged log line) or the patient's fødselsnummer."""
+    return mask_national_ids(re.sub(r"[\x00-\x1f\x7f]", "?", name))[:300]
+
+
 def err_text(name: str, party: FolderParty, result: SubmitResult, picked_at: str) -> str:
     """The .err file: why the gateway refused the file, in words the person at the local system can use."""
     lines = [
         "komut refused this file; it was not sent to anyone.",
         "",
-        f"File:      {name}",
+        f"File:      {shown_name(name)}",
         f"Picked up: {picked_at} (UTC) from {party.out}",
         f"Sender:    HER-id {party.her_id}",
         f"Reason:    {result.detail or 'refused'}",
@@ -442,7 +449,9 @@ class FolderTransport:
                 )
             except Exception as exc:
                 log.exception(
-                    "pipeline failed on %s from HER-id %s; it stays for another try", path.name, party.her_id
+                    "pipeline failed on %s from HER-id %s; it stays for another try",
+                    shown_name(path.name),
+                    party.her_id,
                 )
                 self._retry_later(claim, type(exc).__name__)
                 return
@@ -458,7 +467,7 @@ class FolderTransport:
     async def _finish(self, claim: _Claim, result: SubmitResult) -> None:
         await asyncio.to_thread(self._move, claim, result)
         self._pending.pop(claim.path, None)
-        original = _original_name(claim.path.name)
+        original = shown_name(_original_name(claim.path.name))
         if result.accepted:
             log.info(
                 "HER-id %s: %s %s (message %s)",
@@ -491,7 +500,7 @@ class FolderTransport:
         log.warning(
             "HER-id %s: %s not taken (%s); attempt %d, next in %.0f s",
             claim.party.her_id,
-            claim.path.name,
+            shown_name(claim.path.name),
             reason,
             pending.attempts,
             delay,

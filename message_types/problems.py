@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from message_types.codes import ErrorCode
+
+# A fødselsnummer or D-nummer: 11 digits standing alone. Problem texts quote values from the document
+# (lxml's schema errors do, e.g. a fødselsnummer typed into DateOfBirth), and they end up in log files,
+# .err files and AppRecs, where patient identifiers must not.
+_NATIONAL_ID = re.compile(r"(?<![0-9A-Za-z])[0-9]{11}(?![0-9A-Za-z])")
+NATIONAL_ID_MASK = "*" * 11
+
+
+def mask_national_ids(text: str) -> str:
+    return _NATIONAL_ID.sub(NATIONAL_ID_MASK, text)
 
 
 class Severity(enum.StrEnum):
@@ -20,6 +31,10 @@ class Problem:
     severity: Severity = Severity.ERROR
     line: int | None = None
     path: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.message, str):
+            object.__setattr__(self, "message", mask_national_ids(self.message))
 
     @property
     def code_text(self) -> str:

@@ -207,7 +207,10 @@ def _not_for_us(envelope: _Envelope, credentials: Sequence[Credential]) -> str:
     listed = []
     for recipient in envelope.recipients:
         if recipient.issuer_der is not None:
-            issuer = asn1_x509.Name.load(recipient.issuer_der).human_friendly
+            try:
+                issuer = asn1_x509.Name.load(recipient.issuer_der).human_friendly
+            except ValueError:  # only parsed here, lazily: a damaged name must still be reported
+                issuer = "unreadable name " + recipient.issuer_der[:64].hex().upper()
             listed.append(f"issuer={issuer!r} serial={recipient.serial:X}")
         else:
             listed.append(f"subjectKeyIdentifier={(recipient.ski or b'').hex().upper()}")

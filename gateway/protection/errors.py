@@ -8,11 +8,28 @@ from enum import Enum, StrEnum
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
     from gateway.protection.algorithms import AlgorithmsSeen
+
+
+# What parsing hostile CMS or certificate bytes can raise besides ProtectionError: asn1crypto raises
+# ValueError (and lazily, on first use of a field), cryptography its own types for certificates it
+# cannot take. Readers turn these into a ProtectionError, never a crash.
+UNREADABLE = (
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    x509.AttributeNotFound,
+)
 
 
 class AppRecCode(StrEnum):

@@ -16,7 +16,7 @@ from gateway.protection.algorithms import AlgorithmsSeen
 from gateway.protection.certs import Credential, read_cms, record_of
 from gateway.protection.checks import CertificateChecker, Purpose, check_key_usage, check_validity, now_utc
 from gateway.protection.envelope import decrypt, encrypt
-from gateway.protection.errors import CertificateInfo, FailureKind, ProtectionError
+from gateway.protection.errors import UNREADABLE, CertificateInfo, FailureKind, ProtectionError
 from gateway.protection.policy import DEFAULT_POLICY, ProtectionPolicy
 from gateway.protection.signed import parse_signed, sign, verify
 
@@ -80,8 +80,15 @@ def unprotect(
     signer must be one of them. ``None`` skips that check and is meant for operators' tools only.
     """
     at = at or now_utc()
-    der = data if data[:1] == b"\x30" else read_cms(data)
-    decrypted = decrypt(der, credentials, policy)
+    try:
+        der = data if data[:1] == b"\x30" else read_cms(data)
+        decrypted = decrypt(der, credentials, policy)
+    except ProtectionError:
+        raise
+    except UNREADABLE as exc:
+        # Hostile bytes must end as a refusal the caller knows how to answer, never as a crash
+        # that a peer would read as "try again later".
+        raise ProtectionError(FailureKind.MALFORMED, f"not a readable CMS message: {exc}") from None
     seen = AlgorithmsSeen(decrypted.cipher.label, decrypted.key_transport, legacy=decrypted.legacy)
     signed = parse_signed(decrypted.plaintext)
     expected = [record_of(c) for c in expected_signers] if expected_signers is not None else []
@@ -106,11 +113,14 @@ def unprotect(
                 verified.signer.described(source),
             )
         checked = checker.check_revocation(checked, policy=policy, at=at, source=source)
-    except ProtectionError as exc:
+    except (ProtectionError, *UNREADABLE) as exc:
+        if not isinstance(exc, ProtectionError):
+            # A certificate in the SignedData that parses lazily can fail on first use of a field.
+            exc = ProtectionError(FailureKind.UNTRUSTED, f"the signer's certificate cannot be read: {exc}")
         # The caller needs the (unverified) content to address an AppRec, and the algorithms for the log.
         exc.content = signed.content
         exc.algorithms = seen
-        raise
+        raise exc from None
     notes = checked.notes
     if decrypted.credential_index:
         notes += ("decrypted with a previous key: the sender uses an old encryption certificate of ours",)

@@ -35,7 +35,7 @@ from gateway.protection.algorithms import (
 )
 from gateway.protection.certs import CertRecord, Credential, record_from_der
 from gateway.protection.envelope import CANNOT_DECRYPT
-from gateway.protection.errors import FailureKind, ProtectionError
+from gateway.protection.errors import UNREADABLE, FailureKind, ProtectionError
 from gateway.protection.policy import ProtectionPolicy
 
 EMBEDDED = "the message's SignedData"
@@ -105,7 +105,7 @@ def verify(signed: SignedParts, policy: ProtectionPolicy, expected: Sequence[Cer
         return _verify(signed, policy, expected)
     except ProtectionError:
         raise
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
+    except UNREADABLE as exc:
         raise ProtectionError(FailureKind.SIGNATURE, f"signed data is malformed: {exc}") from None
 
 
@@ -198,7 +198,10 @@ def _find_signer(
             ):
                 return record, source
     if info.issuer_der is not None:
-        issuer = asn1_x509.Name.load(info.issuer_der).human_friendly
+        try:
+            issuer = asn1_x509.Name.load(info.issuer_der).human_friendly
+        except ValueError:  # parsed only here, lazily: a damaged name must not turn S02 into S01
+            issuer = "unreadable name " + info.issuer_der[:64].hex().upper()
         described = f"issuer={issuer!r} serial={info.serial:X}"
     else:
         described = f"subjectKeyIdentifier={(info.ski or b'').hex().upper()}"
