@@ -15,4 +15,5 @@ COMMAND_MODULES = (
     "gateway.commands.route",
     "gateway.commands.protect",
     "gateway.commands.pki",
+    "gateway.commands.users",
 )

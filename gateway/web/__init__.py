@@ -5,4 +5,4 @@ server starts; `gateway` is the running `gateway.service.Gateway` (store, pipeli
 config). Keeping the list as data lets each feature own its routes.
 """
 
-WEB_MODULES: tuple[str, ...] = ("gateway.api.edi",)
+WEB_MODULES: tuple[str, ...] = ("gateway.api.edi", "gateway.ui")
