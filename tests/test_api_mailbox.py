@@ -1,0 +1,128 @@
+"""The API mailbox: unread messages per HER-id, ordered and filtered as GET /Messages says, and kept
+across a restart of the gateway (SQLite store): what was read stays read, ids stay valid."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+from api_helpers import ASKER_NURSING, GP, TOKENS, Client, document, gateway_config, poll, running_gateway
+
+from gateway.api.mailbox import READ
+
+
+def _with_gen_date(data: bytes, when: str) -> bytes:
+    return re.sub(rb"<GenDate>[^<]*</GenDate>", f"<GenDate>{when}</GenDate>".encode(), data, count=1)
+
+
+async def _ids(gp: Client, **params) -> list[str]:
+    query = [("ReceiverHerIds", str(GP))] + [(k, str(v)) for k, v in params.items()]
+    status, items, _ = await gp.call("GET", "/Messages", params=query)
+    assert status == 200, items
+    return [i["id"] for i in items]
+
+
+async def test_unread_list_order_filters_and_restart(tmp_path):
+    config = gateway_config(tmp_path, store="sqlite")
+    # Posted newest first: the list must follow GenDate, not arrival.
+    dates = ["2025-03-01T12:00:00+01:00", "2025-02-01T12:00:00+01:00", "2025-01-01T12:00:00+01:00"]
+    async with running_gateway(config) as (gateway, base), aiohttp.ClientSession() as session:
+        asker, gp = Client(session, base, TOKENS["asker"]), Client(session, base, TOKENS["gp"])
+        posted, msg_ids = [], []
+        for when in dates:
+            data, msg_id = document()
+            status, message_id, _ = await asker.post_message(_with_gen_date(data, when))
+            assert status == 201, message_id
+            posted.append(message_id)
+            msg_ids.append(msg_id)
+
+        async def all_there():
+            return len(await _ids(gp)) == 3
+
+        await poll(all_there, what="three messages in the GP's mailbox")
+        oldest_first = list(reversed(posted))
+        assert await _ids(gp) == oldest_first
+        assert await _ids(gp, OrderBy="Descending") == posted
+        assert await _ids(gp, MessagesToFetch=2) == oldest_first[:2]
+        assert await _ids(gp, BusinessDocumentId=msg_ids[1]) == [posted[1]]
+        assert await _ids(gp, SenderHerId=ASKER_NURSING) == oldest_first
+        assert await _ids(gp, SenderHerId=9999999) == []
+
+        assert (await gp.call("PUT", f"/Messages/{posted[0]}/read/{GP}"))[0] == 204
+        [record] = await gateway.store.find_by_msg_id(msg_ids[0])
+        events = await gateway.store.events(record.id)
+        [read] = [e for e in events if e.kind == READ]
+        assert read.reason == f"read by API client gp for HER-id {GP}" and read.at > 0
+
+    # A new process on the same store and state folder: a fresh mailbox, built from the store.
+    async with running_gateway(config) as (_, base), aiohttp.ClientSession() as session:
+        gp = Client(session, base, TOKENS["gp"])
+        assert await _ids(gp) == oldest_first[:2], "read stays read, unread stays unread, ids stay the same"
+        status, body, _ = await gp.call("GET", f"/Messages/{posted[0]}")
+        assert status == 200 and body["businessDocumentId"] == msg_ids[0]
+        for message_id in oldest_first[:2]:
+            assert (await gp.call("PUT", f"/Messages/{message_id}/read/{GP}"))[0] == 204
+        assert await _ids(gp) == []
+
+
+async def test_copy_receiver_reads_and_answers_for_itself(tmp_path):
+    """A Dialogmelding to a GP with a copy to another GP at the same office: two deliveries, two
+    mailboxes, each read and answered on its own (the AppRec from the copy receiver says COP)."""
+    from lxml import etree
+
+    from gateway.demo.systems import address_of
+    from gateway.registry import load_default_registry
+    from message_types.kinds import MSGHEAD_NS
+    from message_types.msghead import write_address
+    from message_types.read import read_message
+    from message_types.xmlparse import parse_xml
+
+    data, msg_id = document()
+    root = etree.fromstring(data)
+    ns = "{" + MSGHEAD_NS + "}"
+    info = root.find(ns + "MsgInfo")
+    receiver = info.find(ns + "Receiver")
+    copy_gp = 9310102  # another GP at the same office
+    copy = etree.Element(ns + "OtherReceiver")
+    etree.SubElement(copy, ns + "RoleReceiver", V="COP", DN="Kopimottaker")
+    write_address(copy, address_of(load_default_registry(), copy_gp))
+    receiver.addnext(copy)
+    data = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    config = gateway_config(tmp_path)
+    async with running_gateway(config) as (gateway, base), aiohttp.ClientSession() as session:
+        asker, gp = Client(session, base, TOKENS["asker"]), Client(session, base, TOKENS["gp"])
+        status, message_id, _ = await asker.post_message(data)
+        assert status == 201, message_id
+
+        async def both():
+            _, items, _ = await gp.unread(GP, copy_gp)
+            return sorted(i["receiverHerId"] for i in items if i["id"] == message_id) == [GP, copy_gp]
+
+        await poll(both, what="the message in both GPs' mailboxes")
+        status, apprec_id, _ = await gp.call(
+            "POST", f"/Messages/{message_id}/apprec/{copy_gp}", json={"appRecStatus": "Ok"}
+        )
+        assert status == 201, apprec_id
+        record = await gateway.store.get_message(gateway_id(gateway, apprec_id), with_payload=True)
+        apprec = read_message(parse_xml(record.payload))
+        assert apprec.apprec.sender_role == "COP" and apprec.sender.her_id == copy_gp
+
+        async def statuses():
+            _, infos, _ = await asker.call("GET", f"/Messages/{message_id}/status")
+            return {i["receiverHerId"]: i["appRecStatus"] for i in infos}
+
+        await poll(lambda: _eq(statuses, {GP: None, copy_gp: "Ok"}), what="the copy receiver's AppRec")
+        # Marking read for one receiver leaves the other's copy unread.
+        assert (await gp.call("PUT", f"/Messages/{message_id}/read/{copy_gp}"))[0] == 204
+        _, items, _ = await gp.unread(GP, copy_gp)
+        assert [(i["id"], i["receiverHerId"]) for i in items] == [(message_id, GP)]
+
+
+def gateway_id(gateway, message_uuid: str) -> int:
+    from gateway.api.edi import APP_KEY
+
+    return gateway.app[APP_KEY].ids.from_uuid(message_uuid)
+
+
+async def _eq(fn, expected) -> bool:
+    return await fn() == expected
