@@ -100,6 +100,9 @@ async def run_demo(directory: Path, base_port: int, traffic: bool, pace: float) 
             if s.get("api"):
                 print(f"  API        {s['name']} ({her}) on {s['url']}; its token is in demo.json")
         print(f"  logs       {logs}/")
+        users = ", ".join(f"{u} / {x['password']}" for u, x in info.get("ui", {}).get("users", {}).items())
+        for name, url in info.get("ui", {}).get("urls", {}).items():
+            print(f"  UI         {name:<10} {url}   log in as {users}")
         print(f"watch the delivery log:  komut log --config {info['gateways']['hospital']['config']}")
         print("Ctrl-C stops everything.", flush=True)
         while not stop.is_set():

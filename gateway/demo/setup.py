@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gateway.protection import load_certificate, load_private_key
 from gateway.protection.pki import init_pki, new_key
 from gateway.registry import Category, default_certificate_holders, load_default_registry
+from gateway.ui import demo as ui_demo
 
 GATEWAYS = ("hospital", "municipal")
 # Short retries so that a demo recovers from a stopped peer within a minute or two.
@@ -275,6 +276,7 @@ def setup_demo(
         port = base_port + i
         config = directory / f"{name}.toml"
         text = _config_text(directory, name, port, base_port, systems, delivery, tokens, api_rate)
+        text += ui_demo.config_text(port)
         config.write_text(text, encoding="utf-8")
         info["gateways"][name] = {"url": f"https://127.0.0.1:{port}", "config": str(config)}
     registry = load_default_registry()
@@ -292,6 +294,7 @@ def setup_demo(
         else:
             entry |= {"out": str(s.folder / "out"), "in": str(s.folder / "in")}
         info["systems"][str(s.her_id)] = entry
+    info["ui"] = ui_demo.demo_users(directory, {name: gw["config"] for name, gw in info["gateways"].items()})
     (directory / "demo.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
     return info
 
