@@ -27,6 +27,11 @@ def register(subparsers) -> None:
         "--no-traffic", action="store_true", help="do not play traffic (systems still answer AppRecs)"
     )
     p.add_argument("--pace", type=float, default=2.0, help="seconds between played messages")
+    p.add_argument(
+        "--no-api-systems",
+        action="store_true",
+        help="do not simulate the API-connected systems: drive them yourself (docs/api.md)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -53,7 +58,9 @@ async def wait_healthy(
             await asyncio.sleep(0.2)
 
 
-async def run_demo(directory: Path, base_port: int, traffic: bool, pace: float) -> int:
+async def run_demo(
+    directory: Path, base_port: int, traffic: bool, pace: float, simulate_api: bool = True
+) -> int:
     from gateway.demo.setup import setup_demo
     from gateway.demo.systems import SimulatedSystem, TrafficPlayer, api_system
     from gateway.registry import load_default_registry
@@ -88,6 +95,7 @@ async def run_demo(directory: Path, base_port: int, traffic: bool, pace: float) 
             if s.get("api")
             else SimulatedSystem(int(her), s["name"], Path(s["out"]), Path(s["in"]))
             for her, s in info["systems"].items()
+            if simulate_api or not s.get("api")
         }
         tasks = [asyncio.create_task(s.run(stop)) for s in systems.values()]
         if traffic:
@@ -128,7 +136,9 @@ async def run_demo(directory: Path, base_port: int, traffic: bool, pace: float) 
 
 def cmd_demo(args) -> int:
     directory = Path(args.dir).resolve()
-    return asyncio.run(run_demo(directory, args.base_port, not args.no_traffic, args.pace))
+    return asyncio.run(
+        run_demo(directory, args.base_port, not args.no_traffic, args.pace, not args.no_api_systems)
+    )
 
 
 def read_demo_json(directory: Path) -> dict:
