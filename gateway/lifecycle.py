@@ -83,6 +83,9 @@ DELIVERY_TRANSITIONS: tuple[Transition, ...] = (
     Transition(D.RETRY_WAIT, D.APP_REJECTED, "AppRec rejected before transport receipt", Actor.PEER),
     Transition(D.RETRY_WAIT, D.APP_PARTIAL, "AppRec OK with errors before transport receipt", Actor.PEER),
     Transition(D.DELIVERED, D.APPREC_MISSING, "no AppRec in time", Actor.TIMER),
+    # A broker took it (the transport receipt), then the receiver reported it could not take it
+    # (Helsenorge's error queue, e.g. it cannot decrypt): it will never arrive as it is.
+    Transition(D.DELIVERED, D.DEAD, "error reported by the receiver", Actor.PEER),
     Transition(D.APPREC_MISSING, D.APP_OK, "late AppRec OK", Actor.PEER),
     Transition(D.APPREC_MISSING, D.APP_REJECTED, "late AppRec rejected", Actor.PEER),
     Transition(D.APPREC_MISSING, D.APP_PARTIAL, "late AppRec OK with errors", Actor.PEER),
