@@ -45,7 +45,16 @@ def make_store(config: Config) -> Store:
         from adapters.store_memory import MemoryStore
 
         return MemoryStore()
-    raise ValueError(f"unknown store kind {config.store_kind!r} (sqlite or memory)")
+    if config.store_kind in ("postgresql", "postgres"):
+        from adapters.store_postgres import PostgresStore
+
+        section = config.sections.get("store", {})
+        # The password belongs in the environment (or ~/.pgpass), not in the configuration file.
+        dsn = section.get("dsn") or os.environ.get(section.get("dsn_env", "KOMUT_STORE_DSN"), "")
+        if not dsn:
+            raise ValueError('[store] kind = "postgresql" needs dsn = "postgresql://..." or dsn_env')
+        return PostgresStore(dsn, pool_size=int(section.get("pool_size", 10)))
+    raise ValueError(f"unknown store kind {config.store_kind!r} (sqlite, postgresql or memory)")
 
 
 def folder_layout(config: Config) -> tuple[list, dict[int, LocalEndpoint]]:
@@ -106,6 +115,28 @@ class Gateway:
             # With FIFO on, files are taken in in the order the local system wrote them.
             concurrency=1 if c.delivery.fifo else 4,
         )
+        amqp = c.sections.get("amqp")
+        if amqp:
+            from adapters.amqp import AmqpTransport
+
+            url = amqp.get("url") or os.environ.get(amqp.get("url_env", "KOMUT_AMQP_URL"), "")
+            if not url:
+                raise ValueError('[amqp] needs url = "amqp://..." or url_env')
+            self.transports["amqp"] = AmqpTransport(
+                "amqp",
+                url=url,
+                her_ids=c.serves,
+                queue_owner=self._queue_owner,
+                store=self.store,
+                prefetch=int(amqp.get("prefetch", 32)),
+                max_redeliveries=int(amqp.get("max_redeliveries", 10)),
+                declare=bool(amqp.get("declare", True)),
+            )
+
+    def _queue_owner(self, her: int) -> int:
+        """The organisation whose AMQP queue set serves `her` (its level-1 HER-id)."""
+        registry = self.registry_holder.current
+        return registry.level1(her).her_id if her in registry else her
 
     async def start(self) -> None:
         from adapters.https_peer import peer_routes, server_ssl_context
@@ -113,8 +144,10 @@ class Gateway:
         c = self.config
         await self.store.open()
         # Whatever this gateway was sending when it stopped goes back to the queue now, not when
-        # its lease would have run out: a single node owns all of its leases.
-        await self.store.release_expired_leases(time.time() + c.delivery.lease_seconds + 1)
+        # its lease would have run out: a single node owns all of its leases. In a store several
+        # nodes share, the other nodes' leases are live: there, leases come back only by expiring.
+        if not getattr(self.store, "shared", False):
+            await self.store.release_expired_leases(time.time() + c.delivery.lease_seconds + 1)
         self._build_transports()
         self.dispatcher = Dispatcher(
             config=c,
@@ -141,6 +174,10 @@ class Gateway:
         for transport in self.transports.values():
             await transport.start(self.pipeline)
         await self.dispatcher.start()
+        listen = getattr(self.store, "listen", None)
+        if listen is not None:
+            # Work another node queued wakes this node's dispatcher at once instead of at its next poll.
+            await listen(self._wake)
         await self.timers.start()
         self._watch = self.registry_holder.watch()
         log.info("gateway %s listening on %s:%s", c.name, c.listen_host, c.listen_port)

@@ -202,6 +202,14 @@ class Claimed:
 
 
 class Store(Protocol):
+    """What the core asks of a store.
+
+    A store several gateway nodes share (PostgreSQL) also has `shared = True` (other nodes hold
+    live leases in it: only expired ones may be released) and `async listen(callback)` (call
+    `callback` when another node has queued work). The composition root looks for both with
+    getattr; stores used by one node need neither.
+    """
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
