@@ -288,6 +288,7 @@ class FolderTransport:
         retry_min: float = 1.0,
         retry_max: float = 300.0,
         stop_grace: float = 5.0,
+        claim_grace: float = 0.0,
     ):
         self.name = name
         self.parties = list(parties or [])
@@ -298,6 +299,10 @@ class FolderTransport:
         self.retry_min = retry_min
         self.retry_max = retry_max
         self.stop_grace = stop_grace
+        # Several gateway nodes may share this folder tree (one shared store, several `komut serve`):
+        # a file in .processing/ can then be another node's work in hand. It is taken over only once
+        # its claim is this many seconds old (its node died); 0 when this node is the only one.
+        self.claim_grace = claim_grace
         self._by_her = {p.her_id: p for p in self.parties}
         self._inbound: Inbound | None = None
         self._task: asyncio.Task | None = None
@@ -392,13 +397,15 @@ class FolderTransport:
         await asyncio.gather(*(one(c) for c in claims))
 
     def _due(self, party: FolderParty, room: int) -> list[_Claim]:
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         present = {p for p in party.processing.iterdir() if not p.name.startswith(".") and p.is_file()}
         for gone in [p for p in self._pending if p.parent == party.processing and p not in present]:
             del self._pending[gone]  # taken away by hand
         claims = []
         for path in sorted(present, key=lambda p: p.name):
             pending = self._pending.get(path)
+            if pending is None and self.claim_grace > 0 and _claimed_at(path.name) > wall - self.claim_grace:
+                continue  # perhaps another node's, in its hands right now
             if pending is None or pending.next_at <= now:
                 claims.append(_Claim(party, path, picked_at=_picked_at(path.name)))
         return claims[:room]
@@ -536,6 +543,16 @@ class FolderTransport:
         }
         detail = f"{'already in' if existed else 'written to'} {path}"
         return SendResult(Outcome.DELIVERED, detail, receipt=receipt)
+
+
+def _claimed_at(claimed_name: str) -> float:
+    """When the file was claimed (epoch seconds), from its name; 0 when the name does not say."""
+    try:
+        return (
+            datetime.strptime(_picked_at(claimed_name), "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
+        )
+    except ValueError:
+        return 0.0
 
 
 def _picked_at(claimed_name: str) -> str:
