@@ -114,6 +114,9 @@ class Gateway:
             poll_interval=c.delivery.poll_interval,
             # With FIFO on, files are taken in in the order the local system wrote them.
             concurrency=1 if c.delivery.fifo else 4,
+            # Nodes sharing a store share the folders too: another node's claimed file is its
+            # work in hand until it is as old as a lease.
+            claim_grace=c.delivery.lease_seconds if getattr(self.store, "shared", False) else 0.0,
         )
         amqp = c.sections.get("amqp")
         if amqp:
