@@ -85,3 +85,12 @@ def test_schema_dir_turns_t10_into_a_verdict(manifest):
     proc = komut("validate", "--json", "--schema-dir", str(OFFICIAL_XSD), str(path))
     report = json.loads(proc.stdout)
     assert "T10" not in {p["code"] for p in report["problems"]}, report
+
+
+def test_explain_asks_xmlschema_why_a_schema_invalid_file_fails(manifest):
+    path = _first(manifest, lambda m: m["expect"] == ["T02"] and "wrong-order" in m["file"])
+    report = json.loads(komut("validate", "--json", "--explain", str(path)).stdout)
+    assert report["valid"] is False and report["explanations"]
+    assert all(e["reason"] and e["path"].startswith("/") for e in report["explanations"])
+    valid = _first(manifest, lambda m: m["expect"] == "valid")
+    assert json.loads(komut("validate", "--json", "--explain", str(valid)).stdout)["explanations"] == []

@@ -20,6 +20,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("validate", help="validate message files (exit 0 all valid, 1 any invalid)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders searched for *.xml")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="ask xmlschema why a schema-invalid file fails (slower, clearer)",
+    )
     _schema_dir_option(p)
     p.set_defaults(func=cmd_validate)
 
@@ -80,8 +85,14 @@ def cmd_validate(args) -> int:
     validator = Validator(schemas)
     all_valid = True
     for path in files:
-        result = validator.validate(path.read_bytes())
+        data = path.read_bytes()
+        result = validator.validate(data)
         all_valid &= result.valid
+        explanations = []
+        if args.explain and "T02" in result.codes:
+            from gateway.explain import explain
+
+            explanations = explain(data, schemas)
         if args.json:
             print(
                 json.dumps(
@@ -90,6 +101,7 @@ def cmd_validate(args) -> int:
                         "valid": result.valid,
                         "type": result.msg_type,
                         "problems": [p.to_dict() for p in result.problems],
+                        **({"explanations": [e.to_dict() for e in explanations]} if args.explain else {}),
                     },
                     ensure_ascii=False,
                 )
@@ -99,6 +111,8 @@ def cmd_validate(args) -> int:
             print(f"{path}: {'valid' if result.valid else 'INVALID'}{label}")
             for problem in result.problems:
                 print(f"  {problem.severity.upper()} {problem.describe()}")
+            for explanation in explanations:
+                print(f"  why: {explanation.reason} (at {explanation.path})")
     return 0 if all_valid else 1
 
 
