@@ -102,6 +102,7 @@ class OperatorUi:
         self, name: str, request: web.Request, who: Principal | None, status: int = 200, **context
     ) -> web.Response:
         template = self.templates.get_template(name)
+        context.setdefault("title", "")
         body = template.render(
             gateway=self.gateway.config.name,
             who=who,

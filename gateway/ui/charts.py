@@ -84,7 +84,7 @@ def stacked_rows(
     title: str = "",
 ) -> Markup:
     """Horizontal bars, one per (label, link, [(series, value)]), e.g. problems per partner."""
-    width, row_h, left = 720, 22, 260
+    width, row_h, left = 720, 22, 300
     height = max(len(rows), 1) * row_h + 8
     peak = max((sum(v for _, v in parts) for _, _, parts in rows), default=0)
     top_value = _nice_max(peak)
@@ -95,7 +95,7 @@ def stacked_rows(
     ]
     for i, (label, link, values) in enumerate(rows):
         y = 4 + i * row_h
-        text = escape(label if len(label) <= 40 else label[:39] + "…")
+        text = escape(label if len(label) <= 42 else label[:41] + "…")
         out.append(
             f'<a href="{escape(link)}"><text class="label" x="{left - 6}" y="{y + 15}" text-anchor="end">{text}</text></a>'
         )

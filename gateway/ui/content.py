@@ -36,6 +36,7 @@ PERSON_BLOCKS = frozenset(
     {"Patient", "Pasient", "ParorendeForesatt", "Referanseperson", "Parorende", "PasientInfo", "Pasientinfo"}
 )
 _ELEVEN_DIGITS = re.compile(r"(?<!\d)\d{11}(?!\d)")
+SEX = {"0": "Ikke kjent", "1": "Mann", "2": "Kvinne", "9": "Ikke spesifisert"}  # kodeverk 3101
 MAX_TEXT = 4000  # longer text nodes (attachments in base64) are cut in the views
 MAX_NODES = 4000
 MAX_RAW = 2_000_000
@@ -219,7 +220,7 @@ def readable(tree_root: etree._Element, message: Message | None) -> Readable:
         if p.date_of_birth:
             out.patient.append(("Born", p.date_of_birth))
         if p.sex:
-            out.patient.append(("Sex", p.sex))
+            out.patient.append(("Sex", f"{SEX.get(p.sex, p.sex)} ({p.sex})"))
     if message.conversation is not None:
         out.conversation = (message.conversation.parent, message.conversation.conversation)
     for doc in message.documents:

@@ -167,8 +167,15 @@ async def build(ui, window: str) -> dict:
 
     lists = []
     for state, title, help_text in ATTENTION_LISTS:
-        rows = await ui.rows(await store.search(Query(state=state, limit=LIST_SIZE)))
-        count = counts.get(state)
+        if state == "delivered":
+            # An AppRec is delivered for good (nothing answers it): leave those out, and the count
+            # too, which cannot tell them apart.
+            found = await store.search(Query(state=state, limit=LIST_SIZE * 8))
+            rows = await ui.rows([m for m in found if m.msg_type != "APPREC"][:LIST_SIZE])
+            count = None
+        else:
+            rows = await ui.rows(await store.search(Query(state=state, limit=LIST_SIZE)))
+            count = counts.get(state)
         lists.append({"state": state, "title": title, "help": help_text, "rows": rows, "count": count})
 
     certs = certificates(registry, ui.gateway.config)

@@ -7,7 +7,7 @@ import asyncio
 import datetime as dt
 
 from gateway.lifecycle import DeliveryState, MessageState
-from gateway.store import Query
+from gateway.store import PartnerStats, Query
 from gateway.ui.actions import allowed
 from gateway.ui.auth import Principal
 from gateway.ui.content import mask_text, render
@@ -17,6 +17,7 @@ from gateway.ui.operators import AuditQuery, Role
 from gateway.ui.texts import STATE_HELP, error_entry
 
 OFF_LOOP_BYTES = 256 * 1024
+MAX_MEMBERS = 50
 ERROR_STATES = ("rejected", "dead", "expired", "app-rejected", "app-partial", "apprec-missing")
 
 
@@ -132,12 +133,29 @@ async def partner(ui, her_id: int, window_hours: int = 24) -> dict | None:
     party = registry.find(her_id)
     store = ui.store
     now = ui.clock()
-    recent = await ui.rows(await store.search(Query(her_id=her_id, limit=25)))
-    errors: dict[int, dict] = {}
-    for state in ERROR_STATES:
-        for row in await ui.rows(await store.search(Query(her_id=her_id, state=state, limit=10))):
-            errors[row["id"]] = row
-    stats = await store.traffic_stats(now - window_hours * 3600, now + 1)
+    # An organisation's page covers what is addressed below it too (services, persons).
+    members = [her_id]
+    if party is not None:
+        members += [p.her_id for p in _subtree(registry, her_id)][1:MAX_MEMBERS]
+    found: dict[int, object] = {}
+    for her in members:
+        for m in await store.search(Query(her_id=her, limit=25)):
+            found[m.id] = m
+    recent = await ui.rows(sorted(found.values(), key=lambda m: -m.id)[:25])
+    bad: dict[int, object] = {}
+    for her in members:
+        for state in ERROR_STATES:
+            for m in await store.search(Query(her_id=her, state=state, limit=10)):
+                bad[m.id] = m
+    errors = await ui.rows(sorted(bad.values(), key=lambda m: -m.id)[:25])
+    window = await store.traffic_stats(now - window_hours * 3600, now + 1)
+    stats = None
+    for her in members:
+        st = window.partners.get(her)
+        if st is not None:
+            stats = stats or PartnerStats(her_id)
+            for field in ("sent", "refused", "deliveries", "failed", "apprec_missing"):
+                setattr(stats, field, getattr(stats, field) + getattr(st, field))
     if party is None and not recent:
         return None
     info = None
@@ -169,7 +187,15 @@ async def partner(ui, her_id: int, window_hours: int = 24) -> dict | None:
         "name": party_name(registry, her_id) or str(her_id),
         "certificates": certs,
         "recent": recent,
-        "errors": sorted(errors.values(), key=lambda r: -r["id"])[:25],
-        "stats": stats.partners.get(her_id),
+        "errors": errors,
+        "stats": stats,
+        "members": len(members),
         "window_hours": window_hours,
     }
+
+
+def _subtree(registry, her_id: int) -> list:
+    out = [registry.get(her_id)]
+    for child in registry.children(her_id):
+        out += _subtree(registry, child.her_id)
+    return out

@@ -36,9 +36,11 @@ class Subscriber:
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE))
     overflowed: bool = False
 
-    def wants(self, message: MessageRecord, deliveries, matches) -> bool:
+    def wants(self, message: MessageRecord, deliveries, matches) -> bool | None:
+        """True: it passes the filter. False: it does not, but a log page may show it from
+        before the change and should see its new state. None: not for this subscriber."""
         if self.message_id is not None:
-            return message.id == self.message_id
+            return True if message.id == self.message_id else None
         return self.query is None or matches(self.query, message, deliveries)
 
     def put(self, item) -> None:
@@ -137,13 +139,11 @@ class LiveFeed:
         if not subs:
             return
         for last_id, message, deliveries, evs in await self.changes(events):
-            payload = None
             for sub in subs:
-                if sub.wants(message, deliveries, self.matches):
-                    payload = payload or self.payload(
-                        message, deliveries, [e for e in evs if e.id > sub.start]
-                    )
-                    sub.put(("message", (last_id, payload)))
+                wanted = sub.wants(message, deliveries, self.matches)
+                if wanted is not None:
+                    payload = self.payload(message, deliveries, [e for e in evs if e.id > sub.start])
+                    sub.put(("message", (last_id, {**payload, "matches": wanted})))
 
 
 def _frame(kind: str, data, event_id: int | None = None) -> bytes:
@@ -184,10 +184,10 @@ async def stream(
                     break
                 position = events[-1].id
                 for last_id, message, deliveries, evs in await feed.changes(events):
-                    if sub.wants(message, deliveries, feed.matches):
-                        await response.write(
-                            _frame("message", feed.payload(message, deliveries, evs), last_id)
-                        )
+                    wanted = sub.wants(message, deliveries, feed.matches)
+                    if wanted is not None:
+                        payload = {**feed.payload(message, deliveries, evs), "matches": wanted}
+                        await response.write(_frame("message", payload, last_id))
         await response.write(_frame("ready", {"position": sub.start}))
         while True:
             try:

@@ -82,7 +82,9 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     if who is not None:
         raise web.HTTPSeeOther(_safe_next(request.query.get("next")))
     return with_headers(
-        ui.render("login.html", request, None, next=_safe_next(request.query.get("next")), error="")
+        ui.render(
+            "login.html", request, None, title="Log in", next=_safe_next(request.query.get("next")), error=""
+        )
     )
 
 
@@ -268,30 +270,55 @@ async def dashboard_page(request: web.Request, who: Principal) -> web.StreamResp
 
 @page()
 async def partners_page(request: web.Request, who: Principal) -> web.StreamResponse:
+    """Organisations with the traffic of their whole subtree (last 24 h), problems first; `all`
+    lists every party of the registry in tree order, `q` narrows by name or HER-id."""
     ui = ui_of(request)
     registry = ui.registry
     now = ui.clock()
+    show_all = request.query.get("show") == "all"
+    text = request.query.get("q", "").strip()[:100]
     stats = (await ui.store.traffic_stats(now - 86400, now + 1)).partners
-    certs = {}
+    certs: dict[int, dashboard.CertificateRow] = {}
     for c in dashboard.certificates(registry, ui.gateway.config):
-        if c.her_id not in certs:
-            certs[c.her_id] = c
+        certs.setdefault(c.her_id, c)
+    totals: dict[int, dict[str, int]] = {}
+    for her, st in stats.items():
+        top = registry.level1(her).her_id if her in registry else her
+        for key in (her, top) if show_all else (top,):
+            t = totals.setdefault(
+                key, {"sent": 0, "refused": 0, "deliveries": 0, "failed": 0, "apprec_missing": 0}
+            )
+            for field in t:
+                t[field] += getattr(st, field)
     parties = []
     for party in registry:
+        depth = len(registry.ancestors(party.her_id))
+        if depth and not show_all:
+            continue
+        name = registry.display_name(party.her_id)
+        if text and text.casefold() not in name.casefold() and text != str(party.her_id):
+            continue
         holder = registry.certificate_holder(party.her_id)
         endpoint = registry.endpoint(party.her_id)
+        t = totals.get(party.her_id)
         parties.append(
             {
                 "her_id": party.her_id,
-                "name": party.name,
-                "depth": len(registry.ancestors(party.her_id)),
+                "name": party.name if show_all else name,
+                "depth": depth,
                 "kind": str(party.kind),
+                "category": str(party.category or ""),
                 "endpoint": endpoint.describe() if endpoint else "",
                 "cert": certs.get(holder.her_id) if holder else None,
-                "stats": stats.get(party.her_id),
+                "stats": t,
+                "trouble": (t["refused"] + t["failed"] + t["apprec_missing"]) if t else 0,
             }
         )
-    return ui.render("partners.html", request, who, title="Partners", parties=parties)
+    if not show_all:
+        parties.sort(key=lambda p: (-p["trouble"], -(p["stats"] or {}).get("deliveries", 0), p["name"]))
+    return ui.render(
+        "partners.html", request, who, title="Partners", parties=parties, show_all=show_all, q=text
+    )
 
 
 @page()

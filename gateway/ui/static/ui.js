@@ -81,11 +81,13 @@
       const fresh = buildRow(template, r);
       fresh.classList.add("fresh");
       if (old) {
+        // Shown already: it keeps its place with its new state, even if it left the filter.
+        if (!data.matches) fresh.classList.add("outside");
         old.replaceWith(fresh);
         return;
       }
       const top = body.querySelector("tr[data-id]");
-      if (!firstPage || (top && parseInt(top.dataset.id, 10) > r.id)) return;
+      if (!data.matches || !firstPage || (top && parseInt(top.dataset.id, 10) > r.id)) return;
       body.insertBefore(fresh, body.firstChild);
       while (body.rows.length > limit) body.deleteRow(body.rows.length - 1);
       const empty = document.querySelector("p.empty");
