@@ -29,13 +29,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.transport import Inbound, Outcome, Outgoing, SendResult, SubmitResult
-from message_types.problems import mask_national_ids
+from message_types.codes import ErrorCode
+from message_types.problems import Problem, mask_national_ids
 
 log = logging.getLogger("komut.transport.folders")
 
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial")
 MAX_BYTES = 35 * 1024 * 1024
 MAX_SUFFIX = 1000
+# Claimed names are "<stamp>_<name>", and error/ adds ".err" and a temporary ".<name>.<hex>.tmp":
+# kept well under the 255 bytes most file systems allow for a name.
+MAX_CLAIMED_NAME = 200
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,18 @@ def safe_filename(name: str, fallback: str) -> str:
     if not name or name.lower().endswith(PARTIAL_SUFFIXES) or len(name) > 200:
         name = re.sub(r"[^A-Za-z0-9._-]", "_", fallback).lstrip(".")[:200] or "message.xml"
     return name
+
+
+def processing_name(stamp: str, name: str) -> str:
+    """`<stamp>_<name>`, the name shortened (its extension kept) when the whole would be too long."""
+    full = f"{stamp}_{name}"
+    if len(os.fsencode(full)) <= MAX_CLAIMED_NAME:
+        return full
+    stem, ext = os.path.splitext(name)
+    if len(os.fsencode(ext)) > 16:
+        stem, ext = name, ""
+    room = MAX_CLAIMED_NAME - len(os.fsencode(f"{stamp}_~{ext}"))
+    return f"{stamp}_{os.fsencode(stem)[:room].decode('utf-8', 'ignore')}~{ext}"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -310,6 +326,7 @@ class FolderTransport:
         self._pending: dict[Path, _Pending] = {}
         self._ready: set[int] = set()
         self._warned: dict[int, str] = {}
+        self._unclaimable: set[tuple[int, str]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -423,12 +440,23 @@ class FolderTransport:
             if len(claims) >= room:
                 break
             stamp = _stamp()
-            target = _free_name(party.processing, f"{stamp}_{name}")
+            target = _free_name(party.processing, processing_name(stamp, name))
             try:
                 # The claim: after this rename the file is ours and out/ will never offer it again.
                 os.rename(party.out / name, target)
             except FileNotFoundError:
                 continue  # gone meanwhile (the local system took it back, or another poller has it)
+            except OSError as exc:
+                # One file that cannot be moved must not hold up the others behind it.
+                if (party.her_id, name) not in self._unclaimable:
+                    self._unclaimable.add((party.her_id, name))
+                    log.error(
+                        "HER-id %s: cannot take %s from out/: %s",
+                        party.her_id,
+                        shown_name(name),
+                        exc.strerror,
+                    )
+                continue
             claims.append(_Claim(party, target, picked_at=stamp))
         return claims
 
@@ -444,10 +472,12 @@ class FolderTransport:
             self._retry_later(claim, f"cannot read: {exc}")
             return
         if data is None:
+            detail = f"the file is {size:,} bytes; the gateway takes at most {self.max_bytes:,}"
             result = SubmitResult(
                 accepted=False,
                 message_id=None,
-                detail=f"the file is {size} bytes; the gateway takes at most {self.max_bytes}",
+                detail=detail,
+                problems=[Problem(ErrorCode.T01, detail).to_dict()],
             )
         else:
             try:

@@ -10,11 +10,13 @@ Arriving AppRecs are matched to the message and receiver they answer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography.hazmat.primitives import hashes
 
@@ -274,6 +276,13 @@ class Pipeline:
         per original."""
         registry = self.registry()
         errors = [(p.code, f"{p.message}"[:MAX_DETAIL]) for p in problems]
+        if original.gen_datetime is None:
+            # OriginalMsgId/IssueDate repeats the original's GenDate and must be a date; a refusal of
+            # a broken GenDate (T02) still gets its AppRec, dated when the gateway read it.
+            original = dataclasses.replace(
+                original,
+                gen_date=datetime.fromtimestamp(self.clock()).astimezone().isoformat(timespec="seconds"),
+            )
         try:
             data = build_apprec(
                 original,
@@ -285,25 +294,13 @@ class Pipeline:
             )
         except ValueError as exc:
             # An address too broken to answer: say so in the log rather than fail the front door.
-            if answering_id is not None:
-                await self.store.apply(
-                    Change(
-                        events=[
-                            Event(
-                                self.clock(),
-                                Actor.GATEWAY,
-                                "AppRec could not be built",
-                                message_id=answering_id,
-                                reason=str(exc),
-                            )
-                        ]
-                    )
-                )
+            await self._apprec_not_built(answering_id, str(exc))
             return None
         result = self.validator.validate(data)
         now = self.clock()
         if result.message is None or not result.valid:
             log.error("generated AppRec does not validate: %s", result.problems)
+            await self._apprec_not_built(answering_id, _first_reason(result.problems))
             return None
         apprec = result.message
         # One AppRec per receiver and original: a retried original must not produce a second one.
@@ -333,6 +330,14 @@ class Pipeline:
         applied = await self.store.apply(change)
         self.wake()
         return applied.message_id
+
+    async def _apprec_not_built(self, answering_id: int | None, reason: str) -> None:
+        if answering_id is None:
+            return
+        event = Event(
+            self.clock(), Actor.GATEWAY, "AppRec could not be built", message_id=answering_id, reason=reason
+        )
+        await self.store.apply(Change(events=[event]))
 
     async def _correlate_apprec(
         self, apprec: Message, direction_of_original: Direction | None, now: float
@@ -425,10 +430,12 @@ class Pipeline:
             )
         problems = list(result.errors)
         registry = self.registry()
+        foreign_sender = False
         if message is not None and sender_her is not None and not problems:
             her = message.sender.her_id
             lineage = {p.her_id for p in registry.lineage(her)} if her in registry else set()
             if sender_her not in lineage:
+                foreign_sender = True
                 problems.append(
                     Problem(
                         ErrorCode.X99,
@@ -444,8 +451,9 @@ class Pipeline:
                 Direction.OUTBOUND, MessageState.REJECTED, data, message, source, problems, now
             )
             applied = await self.store.apply(self._reject_change(record, problems, now, Actor.GATEWAY))
-            if message is not None and message.kind.family != Family.APPREC:
-                # The local system gets the standard answer too, so its EPJ can show the refusal.
+            # The local system gets the standard answer too, so its EPJ can show the refusal; but not
+            # when the MsgHead names another party as sender: that party sent nothing.
+            if message is not None and message.kind.family != Family.APPREC and not foreign_sender:
                 await self.send_apprec(
                     message, AppRecStatus.REJECTED, problems, answering_id=applied.message_id
                 )
