@@ -54,6 +54,8 @@ from gateway.lifecycle import (
     check_delivery,
 )
 from gateway.store import (
+    FAILED_STATES,
+    LATENCY_STATES,
     Applied,
     Change,
     Claimed,
@@ -61,8 +63,11 @@ from gateway.store import (
     DeliveryRecord,
     Direction,
     Event,
+    Latency,
     MessageRecord,
+    PartnerStats,
     Query,
+    TrafficStats,
 )
 
 log = logging.getLogger("komut.store.postgres")
@@ -460,6 +465,30 @@ SQL_INVOLVES = (
     "EXISTS (SELECT 1 FROM deliveries AS x WHERE x.message_id = m.id AND x.receiver_her = {p}))"
 )
 SQL_NAME_MATCHES = "(strpos(m.sender_folded, {p}) > 0 OR strpos(m.receiver_folded, {p}) > 0)"
+
+# Change feed and statistics (the operator UI). Ids come from a sequence, so with concurrent
+# writers a lower id may commit after a higher one was read; the live views re-read a window
+# behind their position for that reason (gateway/ui/live.py).
+SQL_EVENTS_SINCE = f"SELECT id, {_E} FROM events WHERE id > $1 ORDER BY id LIMIT $2"
+SQL_LAST_EVENT_ID = "SELECT coalesce(max(id), 0) FROM events"
+SQL_STATS_HOURLY = """
+    SELECT floor(received_at / 3600) * 3600 AS hour, msg_type, count(*) FROM messages
+    WHERE received_at >= $1 AND received_at < $2 GROUP BY 1, 2
+"""
+SQL_STATS_SENDERS = """
+    SELECT sender_her, count(*), count(*) FILTER (WHERE state = 'rejected') FROM messages
+    WHERE received_at >= $1 AND received_at < $2 AND sender_her IS NOT NULL GROUP BY sender_her
+"""
+SQL_STATS_RECEIVERS = """
+    SELECT d.receiver_her, count(*), count(*) FILTER (WHERE d.state = ANY($3::text[])),
+           count(*) FILTER (WHERE d.state = 'apprec-missing')
+    FROM messages AS m JOIN deliveries AS d ON d.message_id = m.id
+    WHERE m.received_at >= $1 AND m.received_at < $2 GROUP BY d.receiver_her
+"""
+SQL_STATS_LATENCY = """
+    SELECT e.to_state, e.at - m.received_at FROM messages AS m JOIN events AS e ON e.message_id = m.id
+    WHERE m.received_at >= $1 AND m.received_at < $2 AND e.to_state = ANY($3::text[])
+"""
 
 # ------------------------------------------------------------------------------------------------
 
@@ -923,6 +952,33 @@ class PostgresStore:
         rows = await self._pool_or_fail().fetch(SQL_COUNTS)
         out = {str(state): 0 for state in DeliveryState}
         out.update({state: int(n) for state, n in rows})
+        return out
+
+    async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
+        if limit <= 0:
+            return []
+        rows = await self._pool_or_fail().fetch(SQL_EVENTS_SINCE, after_id, limit)
+        return [_event(row) for row in rows]
+
+    async def last_event_id(self) -> int:
+        return int(await self._pool_or_fail().fetchval(SQL_LAST_EVENT_ID))
+
+    async def traffic_stats(self, since: float, until: float) -> TrafficStats:
+        pool = self._pool_or_fail()
+        out = TrafficStats(since=since, until=until)
+        hourly = await pool.fetch(SQL_STATS_HOURLY, since, until)
+        out.hourly = sorted((float(h), t, int(n)) for h, t, n in hourly)
+        for her, sent, refused in await pool.fetch(SQL_STATS_SENDERS, since, until):
+            out.partners[int(her)] = PartnerStats(int(her), sent=int(sent), refused=int(refused))
+        failed = [str(s) for s in FAILED_STATES]
+        for her, count, bad, missing in await pool.fetch(SQL_STATS_RECEIVERS, since, until, failed):
+            p = out.partners.setdefault(int(her), PartnerStats(int(her)))
+            p.deliveries, p.failed, p.apprec_missing = int(count), int(bad), int(missing)
+        values: dict[str, list[float]] = {kind: [] for kind in set(LATENCY_STATES.values())}
+        states = [str(s) for s in LATENCY_STATES]
+        for state, seconds in await pool.fetch(SQL_STATS_LATENCY, since, until, states):
+            values[LATENCY_STATES[state]].append(float(seconds))
+        out.latency = {kind: Latency.of(v) for kind, v in values.items()}
         return out
 
     # --- search --------------------------------------------------------------------------------
