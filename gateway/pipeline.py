@@ -55,6 +55,8 @@ log = logging.getLogger("komut.pipeline")
 
 # The AppRec's OT attribute is shown to a person at the sender; keep it readable.
 MAX_DETAIL = 500
+# How often an arriving AppRec looks again at the deliveries it answers when they moved meanwhile.
+CORRELATION_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -401,16 +403,21 @@ class Pipeline:
         """One transaction: the message, its deliveries, its events, and for an AppRec the state of
         the delivery it answers."""
         change = self._accept_change(record, message, decision, now, actor)
-        if message.kind.family == Family.APPREC:
+        if message.kind.family != Family.APPREC:
+            return await self.store.apply(change)
+        own_events = list(change.events)
+        for _ in range(CORRELATION_TRIES):
             updates, events = await self._correlate_apprec(message, None, now)
-            change.delivery_updates += updates
-            change.events += events
-        try:
-            return await self.store.apply(change)
-        except Conflict:
-            # The answered delivery moved meanwhile (e.g. a timer): keep the AppRec, drop the update.
-            change.delivery_updates = []
-            return await self.store.apply(change)
+            change.delivery_updates, change.events = updates, own_events + events
+            try:
+                return await self.store.apply(change)
+            except Conflict:
+                # The answered delivery moved meanwhile: its transport receipt was being recorded
+                # (the AppRec overtook it, likely when another node sent it) or a timer moved it.
+                # Look at it again; dropping the update would leave it waiting for an AppRec it has.
+                continue
+        change.delivery_updates = []  # still moving: keep the AppRec and the events that explain it
+        return await self.store.apply(change)
 
     # --- from our local systems ---------------------------------------------------------------------
 
