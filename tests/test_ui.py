@@ -657,3 +657,35 @@ def test_komut_user_add_then_login_works(tmp_path):
     assert kari.role == Role.ADMIN and verify_password(kari.password_hash, PASSWORD)
     assert (tmp_path / "state" / "operators.db").stat().st_mode & 0o077 == 0, "readable by its owner only"
     assert [e.action for e in audit] == ["user-change", "user-add"] and audit[0].user.startswith("cli:")
+
+
+async def test_the_live_feed_sees_an_event_that_commits_after_a_later_one():
+    """With several writers an event id can become visible after a higher one was read (PostgreSQL
+    sequences); the feed looks behind its position so such an event still reaches the viewers."""
+    from gateway.ui.live import LiveFeed
+
+    store = MemoryStore()
+    await store.open()
+    hidden: set[int] = set()
+    real = store.events_since
+
+    async def events_since(after_id, limit=1000):
+        return [e for e in await real(after_id, limit) if e.id not in hidden]
+
+    store.events_since = events_since
+    feed = LiveFeed(
+        lambda: store, 0.01, lambda m, ds, evs: {"id": m.id, "kinds": [e.kind for e in evs]}, matches
+    )
+    sub = await feed.subscribe(None, None)
+    early = await store.apply(intake(message("early", sender=SENDER), [delivery()]))
+    hidden.update(e.id for e in await store.events(early.message_id))
+    late = await store.apply(intake(message("late", sender=SENDER), [delivery()]))
+
+    async def next_id():
+        kind, (_, payload) = await asyncio.wait_for(sub.queue.get(), 5)
+        return payload["id"]
+
+    assert await next_id() == late.message_id
+    hidden.clear()  # the earlier transaction commits now
+    assert await next_id() == early.message_id
+    await feed.close()

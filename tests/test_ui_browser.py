@@ -200,6 +200,7 @@ def login(page, user: str, password: str) -> None:
 
 
 def shot(page, name: str) -> None:
+    page.evaluate("window.scrollTo(0, 0)")  # a full-page shot keeps the sticky header where it was
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 

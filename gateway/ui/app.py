@@ -13,7 +13,7 @@ import jinja2
 from aiohttp import web
 
 from gateway.registry import Registry
-from gateway.store import DeliveryRecord, MessageRecord, Store
+from gateway.store import DeliveryRecord, MessageRecord, Store, TrafficStats
 from gateway.ui import model
 from gateway.ui.actions import Actions
 from gateway.ui.auth import Auth, Principal
@@ -25,6 +25,7 @@ from gateway.ui.settings import UiSettings, listener_ssl_context
 log = logging.getLogger("komut.ui")
 
 UI_KEY = web.AppKey("komut.ui", object)
+STATS_TTL = 30.0
 
 
 def template_env() -> jinja2.Environment:
@@ -57,6 +58,8 @@ class OperatorUi:
         # (session token hash, message id) -> (until, reason): who may see which message unmasked.
         self.unmasked: dict[tuple[str, int], tuple[float, str]] = {}
         self.listener_url: str | None = None
+        self._stats: dict[tuple[float, float], tuple[float, TrafficStats]] = {}
+        self._stats_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._purger: asyncio.Task | None = None
 
@@ -81,6 +84,21 @@ class OperatorUi:
     async def rows(self, messages: list[MessageRecord]) -> list[dict]:
         deliveries = await asyncio.gather(*(self.store.deliveries(m.id) for m in messages))
         return [self.row(m, ds) for m, ds in zip(messages, deliveries, strict=True)]
+
+    async def traffic_stats(self, hours: float, align: bool = False) -> TrafficStats:
+        """The store's statistics of the last `hours` (from the start of an hour with `align`),
+        shared for STATS_TTL seconds: every open dashboard asking each minute would otherwise
+        scan the same window again."""
+        now = self.clock()
+        since = (now // 3600) * 3600 - (hours - 1) * 3600 if align else now - hours * 3600
+        key = (hours, float(align))
+        async with self._stats_lock:
+            cached = self._stats.get(key)
+            if cached is not None and now - cached[0] < STATS_TTL:
+                return cached[1]
+            stats = await self.store.traffic_stats(since, now + 1)
+            self._stats[key] = (now, stats)
+            return stats
 
     def live_payload(self, message: MessageRecord, deliveries: list, events: list) -> dict:
         receivers = {d.id: d.receiver_her for d in deliveries}

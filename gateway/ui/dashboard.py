@@ -125,7 +125,7 @@ async def build(ui, window: str) -> dict:
     first_hour = (now // HOUR) * HOUR - (hours - 1) * HOUR
     store = ui.store
     registry = ui.registry
-    stats = await store.traffic_stats(first_hour, now + 1)
+    stats = await ui.traffic_stats(hours, align=True)
     counts = await store.counts()
 
     totals: dict[str, int] = {}

@@ -132,7 +132,6 @@ async def partner(ui, her_id: int, window_hours: int = 24) -> dict | None:
     registry = ui.registry
     party = registry.find(her_id)
     store = ui.store
-    now = ui.clock()
     # An organisation's page covers what is addressed below it too (services, persons).
     members = [her_id]
     if party is not None:
@@ -148,7 +147,7 @@ async def partner(ui, her_id: int, window_hours: int = 24) -> dict | None:
             for m in await store.search(Query(her_id=her, state=state, limit=10)):
                 bad[m.id] = m
     errors = await ui.rows(sorted(bad.values(), key=lambda m: -m.id)[:25])
-    window = await store.traffic_stats(now - window_hours * 3600, now + 1)
+    window = await ui.traffic_stats(window_hours)
     stats = None
     for her in members:
         st = window.partners.get(her)

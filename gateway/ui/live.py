@@ -10,6 +10,7 @@ A viewer that falls far behind is told to reload instead of holding memory.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -25,6 +26,8 @@ log = logging.getLogger("komut.ui.live")
 QUEUE = 500
 BATCH = 1000
 HEARTBEAT = 15.0
+LOOKBACK = 200  # event ids re-read behind the position (see LiveFeed._run)
+SEEN = 4 * (BATCH + LOOKBACK)
 CATCH_UP_LIMIT = 5000  # events a reconnecting page may ask to replay before it is told to reload
 
 
@@ -69,6 +72,7 @@ class LiveFeed:
         self.matches = matches
         self.subscribers: set[Subscriber] = set()
         self.position = 0
+        self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._closed = False
@@ -76,7 +80,11 @@ class LiveFeed:
     async def subscribe(self, query: Query | None, message_id: int | None) -> Subscriber:
         async with self._lock:
             if self._task is None or self._task.done():
-                self.position = await self._store().last_event_id()
+                store = self._store()
+                self.position = await store.last_event_id()
+                # What happened before anyone watched is not news: only later commits are.
+                behind = await store.events_since(max(0, self.position - LOOKBACK), LOOKBACK)
+                self._seen = collections.OrderedDict((e.id, None) for e in behind)
                 self._task = asyncio.create_task(self._run(), name="ui-live-feed")
             sub = Subscriber(query, message_id, start=self.position)
             self.subscribers.add(sub)
@@ -101,13 +109,16 @@ class LiveFeed:
     async def _run(self) -> None:
         while self.subscribers and not self._closed:
             try:
-                events = await self._store().events_since(self.position, BATCH)
+                # With several writers (PostgreSQL), a lower id can become visible after a higher
+                # one was read: look a little behind the position and skip what was seen.
+                read = await self._store().events_since(max(0, self.position - LOOKBACK), BATCH + LOOKBACK)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("live feed: reading events failed")
                 await asyncio.sleep(max(self.poll, 1.0))
                 continue
+            events = [e for e in read if e.id not in self._seen]
             if not events:
                 await asyncio.sleep(self.poll)
                 continue
@@ -117,7 +128,11 @@ class LiveFeed:
                 raise
             except Exception:
                 log.exception("live feed: publishing failed")
-            self.position = events[-1].id
+            for e in events:
+                self._seen[e.id] = None
+            while len(self._seen) > SEEN:
+                self._seen.popitem(last=False)
+            self.position = max(self.position, events[-1].id)
 
     async def changes(self, events: list[Event]) -> list[tuple[int, MessageRecord, list, list[Event]]]:
         """(last event id, message, deliveries, its events) per message the events touch."""

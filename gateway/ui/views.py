@@ -274,10 +274,9 @@ async def partners_page(request: web.Request, who: Principal) -> web.StreamRespo
     lists every party of the registry in tree order, `q` narrows by name or HER-id."""
     ui = ui_of(request)
     registry = ui.registry
-    now = ui.clock()
     show_all = request.query.get("show") == "all"
     text = request.query.get("q", "").strip()[:100]
-    stats = (await ui.store.traffic_stats(now - 86400, now + 1)).partners
+    stats = (await ui.traffic_stats(24)).partners
     certs: dict[int, dashboard.CertificateRow] = {}
     for c in dashboard.certificates(registry, ui.gateway.config):
         certs.setdefault(c.her_id, c)
