@@ -115,8 +115,12 @@ class Auth:
         self.cookie_plain = f"komut-{safe}"
         self.throttle = Throttle(settings.login_failures, settings.login_window)
 
+    def secure(self, request: web.Request) -> bool:
+        forced = self.settings.secure_cookies
+        return request.secure if forced is None else forced
+
     def cookie_name(self, request: web.Request) -> str:
-        return self.cookie_secure if request.secure else self.cookie_plain
+        return self.cookie_secure if self.secure(request) else self.cookie_plain
 
     async def audit(self, user: str, action: str, request: web.Request | None = None, **fields) -> AuditEntry:
         entry = AuditEntry(
@@ -166,14 +170,16 @@ class Auth:
             self.cookie_name(request),
             token,
             path="/",
-            secure=request.secure,
+            secure=self.secure(request),
             httponly=True,
             samesite="Strict",
             max_age=int(self.settings.session_max),
         )
 
     def clear_cookie(self, request: web.Request, response: web.StreamResponse) -> None:
-        response.del_cookie(self.cookie_name(request), path="/", secure=request.secure, samesite="Strict")
+        response.del_cookie(
+            self.cookie_name(request), path="/", secure=self.secure(request), samesite="Strict"
+        )
 
     async def logout(self, request: web.Request, who: Principal) -> None:
         await self.operators.delete_session(who.session.token_hash)

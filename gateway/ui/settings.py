@@ -20,6 +20,9 @@ class UiSettings:
     tls_key: Path | None = None
     tls: bool = True  # False: plain HTTP on that listener (loopback, or behind a TLS proxy)
     on_gateway_port: bool = True  # also serve /ui/ and /api/ on the gateway's own port
+    # Secure (and __Host-) session cookies also on plain HTTP: for a listener behind a proxy that
+    # terminates TLS. None: exactly when the request came over TLS.
+    secure_cookies: bool | None = None
     users_db: Path | None = None
     session_idle: float = 30 * 60.0
     session_max: float = 12 * 3600.0
@@ -76,6 +79,7 @@ def parse_ui_settings(config: Config) -> UiSettings:
             tls_key=key,
             tls=tls,
             on_gateway_port=bool(raw.get("on_gateway_port", d.on_gateway_port)),
+            secure_cookies=None if raw.get("secure_cookies") is None else bool(raw["secure_cookies"]),
             users_db=users_db,
             session_idle=seconds(raw.get("session_idle", d.session_idle)),
             session_max=seconds(raw.get("session_max", d.session_max)),
