@@ -126,3 +126,46 @@ def gateway_id(gateway, message_uuid: str) -> int:
 
 async def _eq(fn, expected) -> bool:
     return await fn() == expected
+
+
+async def test_nodes_sharing_a_store_see_each_others_hand_overs_and_read_marks_after_refresh():
+    """Two mailboxes over one store stand for two nodes: what one hands over or marks read, the
+    other learns when its index is older than `refresh`, not before."""
+    from adapters.store_memory import MemoryStore
+    from gateway.api.mailbox import Mailbox
+    from gateway.lifecycle import DeliveryState, MessageState
+    from gateway.store import Change, DeliveryRecord, DeliveryUpdate, Direction, MessageRecord
+
+    store = MemoryStore()
+    await store.open()
+    now = [1_000_000.0]
+    node_a = Mailbox(store, window=86400, refresh=10, clock=lambda: now[0])
+    node_b = Mailbox(store, window=86400, refresh=10, clock=lambda: now[0])
+    assert await node_b.unread([GP]) == []  # node B has built its (empty) index
+
+    record = MessageRecord(
+        Direction.OUTBOUND,
+        MessageState.ACCEPTED,
+        "k:1",
+        now[0],
+        "test",
+        msg_id="m-1",
+        sender_her=ASKER_NURSING,
+    )
+    delivery = DeliveryRecord(None, GP, "PRIM", "api", str(9310100), DeliveryState.QUEUED, now[0] + 3600)
+    applied = await store.apply(Change(new_message=record, new_deliveries=[delivery]))
+    [delivery_id] = applied.delivery_ids
+    sent = DeliveryUpdate(delivery_id, DeliveryState.QUEUED, {"state": DeliveryState.DELIVERED})
+    await store.apply(Change(delivery_updates=[sent]))
+    await node_a.deliver(await store.get_message(applied.message_id), delivery_id, GP)
+
+    assert [e.delivery_id for e in await node_a.unread([GP])] == [delivery_id]
+    assert await node_b.unread([GP]) == [], "within refresh, node B answers from its index"
+    now[0] += 11
+    assert [e.delivery_id for e in await node_b.unread([GP])] == [delivery_id]
+
+    [d] = await store.deliveries(applied.message_id)
+    assert await node_b.mark_read(applied.message_id, d, "gp") is True
+    assert await node_a.mark_read(applied.message_id, d, "gp") is False, "already read, on the other node"
+    now[0] += 11
+    assert await node_a.unread([GP]) == [] and await node_b.unread([GP]) == []

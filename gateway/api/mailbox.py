@@ -9,7 +9,9 @@ is the durable truth, the mailbox only an index of it.
 The index is built per HER-id the first time a client asks for that HER-id (from the store:
 the HER-id's messages of the last `window` seconds, their deliveries and events), then kept up
 to date by `send` and `mark_read`. After a restart it is rebuilt the same way, so nothing read
-shows up again and nothing unread is lost within the window.
+shows up again and nothing unread is lost within the window. When several nodes share one store,
+another node may hand over or mark read what this node's index does not know of; with `refresh`
+set, an index older than that is rebuilt from the store before it is answered from.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ log = logging.getLogger("komut.api.mailbox")
 TRANSPORT = "api"
 READ = "read"  # the event kind; its time is when the local system read the message
 PAGE = 500
-# Deliveries the transport has handed over: everything from DELIVERED on, AppRec or not.
-HANDED_OVER = frozenset(
+# Deliveries the transport has been given (SENDING: the hand-over may be under way, and the message
+# is durable anyway) or has handed over: everything from DELIVERED on, AppRec or not.
+LISTED = frozenset(
     {
+        DeliveryState.SENDING,
         DeliveryState.DELIVERED,
         DeliveryState.APP_OK,
         DeliveryState.APP_REJECTED,
@@ -55,12 +59,15 @@ class Entry:
 
 
 class Mailbox:
-    def __init__(self, store: Store, *, window: float, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, store: Store, *, window: float, refresh: float = 0.0, clock: Callable[[], float] = time.time
+    ):
         self.store = store
         self.window = window
+        self.refresh = refresh  # 0: the index is only ever built once per HER-id
         self.clock = clock
         self._unread: dict[int, dict[int, Entry]] = {}
-        self._loaded: set[int] = set()
+        self._loaded: dict[int, float] = {}  # HER-id -> when its index was built
         self._locks: dict[int, asyncio.Lock] = {}
 
     def _lock(self, her: int) -> asyncio.Lock:
@@ -70,16 +77,21 @@ class Mailbox:
     def _was_read(events: Iterable[Event], delivery_id: int) -> bool:
         return any(e.kind == READ and e.delivery_id == delivery_id for e in events)
 
+    def _fresh(self, her: int) -> bool:
+        built = self._loaded.get(her)
+        return built is not None and (not self.refresh or self.clock() - built < self.refresh)
+
     async def _load(self, her: int) -> None:
-        if her in self._loaded:
+        if self._fresh(her):
             return
         async with self._lock(her):
-            if her in self._loaded:
+            if self._fresh(her):
                 return
-            bucket = self._unread.setdefault(her, {})
-            for entry in await self._scan(her):
-                bucket.setdefault(entry.delivery_id, entry)
-            self._loaded.add(her)
+            started = self.clock()
+            # Under the lock nothing is added or marked read meanwhile, and what `deliver` added
+            # before is in the store as SENDING or later, so the scan alone is the whole truth.
+            self._unread[her] = {entry.delivery_id: entry for entry in await self._scan(her)}
+            self._loaded[her] = started
 
     async def _scan(self, her: int) -> list[Entry]:
         since = self.clock() - self.window
@@ -91,7 +103,7 @@ class Mailbox:
                 mine = [
                     d
                     for d in await self.store.deliveries(message.id)
-                    if d.transport == TRANSPORT and d.receiver_her == her and d.state in HANDED_OVER
+                    if d.transport == TRANSPORT and d.receiver_her == her and d.state in LISTED
                 ]
                 if not mine:
                     continue

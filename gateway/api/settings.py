@@ -52,6 +52,7 @@ class ApiSettings:
     jwt: JwtSettings | None = None
     max_request_bytes: int = 35 * MB
     mailbox_days: float = 30.0
+    mailbox_refresh: float = 0.0
     id_key_file: Path | None = None
 
 
@@ -138,10 +139,13 @@ def parse_api_settings(config: Config) -> ApiSettings:
             jwks_timeout=seconds(j.get("jwks_timeout", "10s")),
         )
     max_mb = float(section.get("max_request_mb", 35))
+    shared = config.store_kind in ("postgresql", "postgres")
     return ApiSettings(
         clients=tuple(clients),
         jwt=jwt,
         max_request_bytes=int(max_mb * MB),
         mailbox_days=float(section.get("mailbox_days", config.retention.payload_days)),
+        # Nodes sharing a store (PostgreSQL) each keep their own index: re-read it now and then.
+        mailbox_refresh=seconds(section.get("mailbox_refresh", "10s" if shared else 0)),
         id_key_file=_path(config.state_dir, section.get("id_key_file", "api-ids.key")),
     )
