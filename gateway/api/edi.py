@@ -119,7 +119,9 @@ class EdiApi:
         self.auth = Authenticator(settings)
         self.limiter = RateLimiter()
         self.ids = MessageIds(load_or_create_key(settings.id_key_file))
-        self.mailbox = Mailbox(gateway.store, window=settings.mailbox_days * 86400.0)
+        self.mailbox = Mailbox(
+            gateway.store, window=settings.mailbox_days * 86400.0, refresh=settings.mailbox_refresh
+        )
         self.transport = ApiTransport(self.mailbox)
 
     # --- plumbing ------------------------------------------------------------------------------
