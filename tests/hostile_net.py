@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from pathlib import Path
 
 from e2e import Net
@@ -21,6 +22,14 @@ def start_net(directory: Path, demo_pki: Path, *gateways: str, **kwargs) -> Net:
     for name in gateways:
         net.start(name)
     return net
+
+
+def settle(predicate, timeout: float, interval: float = 0.2):
+    """Wait until `predicate()` is true, but never fail: after `timeout` the batch's tests judge
+    each case on what did arrive, so one missing answer fails one case, not the whole module."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(interval)
 
 
 def apprecs_in(folder: Path) -> dict[str, list[tuple[str, list[str]]]]:

@@ -19,7 +19,15 @@ import pytest
 from conftest import SAMPLES
 from e2e import DRAMMEN_CAST, wait_for
 from hostile_cases import PATIENT_IDS, Case, document_cases
-from hostile_net import apprecs_in, codes_of, passwd_copies, patient_data_leaks, rows_by_msg_id, start_net
+from hostile_net import (
+    apprecs_in,
+    codes_of,
+    passwd_copies,
+    patient_data_leaks,
+    rows_by_msg_id,
+    settle,
+    start_net,
+)
 
 from gateway.demo.systems import Cast, recast, write_file
 from gateway.registry import load_default_registry
@@ -174,23 +182,20 @@ def _run(net) -> Run:
         ]
         return len(finished) >= expected_done and not any((party / ".processing").iterdir())
 
-    wait_for(done, timeout=120, interval=0.2, what=f"{expected_done} files in archive/ or error/")
+    settle(done, timeout=90)
     addressable = [c.msg_id for c in DOCUMENTS if c.addressable] + [msg_id(refused)]
     in_folder = net.folder(HOSPITAL, "in")
-    wait_for(
-        lambda: all(m in apprecs_in(in_folder) for m in addressable),
-        timeout=120,
-        what="an AppRec for every refusal with a readable envelope",
-    )
-    for name in ("same-file-twice", "same-msgid-other-content", "five-at-once"):
-        wanted = msg_id(duplicates[name][0]).encode()
-        wait_for(
-            lambda wanted=wanted: any(
-                wanted in p.read_bytes() for p in net.folder(MUNICIPALITY, "in").glob("*.xml")
-            ),
-            timeout=60,
-            what=f"the {name} message at the municipality",
-        )
+    settle(lambda: all(m in apprecs_in(in_folder) for m in addressable), timeout=60)
+    wanted = [
+        msg_id(duplicates[name][0]).encode() for name in ("same-file-twice", "same-msgid-other-content")
+    ]
+    wanted.append(msg_id(concurrent).encode())
+
+    def delivered():
+        there = [p.read_bytes() for p in net.folder(MUNICIPALITY, "in").glob("*.xml")]
+        return all(any(w in data for data in there) for w in wanted)
+
+    settle(delivered, timeout=30)
     return Run(
         net=net,
         errors=_index(party / "error", with_err=True),
