@@ -689,3 +689,22 @@ async def test_the_live_feed_sees_an_event_that_commits_after_a_later_one():
     hidden.clear()  # the earlier transaction commits now
     assert await next_id() == early.message_id
     await feed.close()
+
+
+async def test_dashboard_statistics_are_shared_and_refreshed_behind_the_page(env):
+    from gateway.ui.app import STATS_TTL
+
+    calls = []
+    real = env.store.traffic_stats
+
+    async def counting(since, until):
+        calls.append((since, until))
+        return await real(since, until)
+
+    env.store.traffic_stats = counting
+    first = await env.ui.traffic_stats(24)
+    assert await env.ui.traffic_stats(24) is first and len(calls) == 1
+    env.clock.now += STATS_TTL + 1
+    assert await env.ui.traffic_stats(24) is first, "stale, served at once"
+    await asyncio.sleep(0.05)  # the refresh runs behind it
+    assert len(calls) == 2 and await env.ui.traffic_stats(24) is not first

@@ -60,6 +60,7 @@ class OperatorUi:
         self.listener_url: str | None = None
         self._stats: dict[tuple[float, float], tuple[float, TrafficStats]] = {}
         self._stats_lock = asyncio.Lock()
+        self._refreshing: dict[tuple[float, float], asyncio.Task] = {}
         self._runner: web.AppRunner | None = None
         self._purger: asyncio.Task | None = None
 
@@ -86,19 +87,34 @@ class OperatorUi:
         return [self.row(m, ds) for m, ds in zip(messages, deliveries, strict=True)]
 
     async def traffic_stats(self, hours: float, align: bool = False) -> TrafficStats:
-        """The store's statistics of the last `hours` (from the start of an hour with `align`),
-        shared for STATS_TTL seconds: every open dashboard asking each minute would otherwise
-        scan the same window again."""
-        now = self.clock()
-        since = (now // 3600) * 3600 - (hours - 1) * 3600 if align else now - hours * 3600
+        """The store's statistics of the last `hours` (from the start of an hour with `align`).
+
+        Computed at most every STATS_TTL seconds however many dashboards are open, and served
+        stale while a fresh copy is computed in the background (a week of a busy log takes
+        seconds to scan); only the first request for a window waits for it."""
         key = (hours, float(align))
-        async with self._stats_lock:
-            cached = self._stats.get(key)
-            if cached is not None and now - cached[0] < STATS_TTL:
-                return cached[1]
-            stats = await self.store.traffic_stats(since, now + 1)
-            self._stats[key] = (now, stats)
-            return stats
+        cached = self._stats.get(key)
+        if cached is not None:
+            if self.clock() - cached[0] >= STATS_TTL and key not in self._refreshing:
+                task = asyncio.create_task(self._refresh_stats(key), name="ui-stats")
+                self._refreshing[key] = task
+            return cached[1]
+        return await self._refresh_stats(key)
+
+    async def _refresh_stats(self, key: tuple[float, float]) -> TrafficStats:
+        hours, align = key
+        try:
+            async with self._stats_lock:
+                cached = self._stats.get(key)
+                if cached is not None and self.clock() - cached[0] < STATS_TTL:
+                    return cached[1]
+                now = self.clock()
+                since = (now // 3600) * 3600 - (hours - 1) * 3600 if align else now - hours * 3600
+                stats = await self.store.traffic_stats(since, now + 1)
+                self._stats[key] = (now, stats)
+                return stats
+        finally:
+            self._refreshing.pop(key, None)
 
     def live_payload(self, message: MessageRecord, deliveries: list, events: list) -> dict:
         receivers = {d.id: d.receiver_her for d in deliveries}
@@ -172,6 +188,8 @@ class OperatorUi:
 
     async def shutdown(self) -> None:
         await self.feed.close()
+        for task in list(self._refreshing.values()):
+            task.cancel()
         if self._purger is not None:
             self._purger.cancel()
             await asyncio.gather(self._purger, return_exceptions=True)
