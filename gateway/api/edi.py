@@ -222,6 +222,8 @@ class EdiApi:
             return json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError):
             raise RequestInvalid(["The request body is not valid JSON."]) from None
+        except RecursionError:  # json nests by recursion: "[[[[..." a few thousand deep is enough
+            raise RequestInvalid(["The request body is nested too deeply to be a request."]) from None
 
     @staticmethod
     def _path_her(call: Call, name: str = "herId") -> int:
