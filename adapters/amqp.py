@@ -31,7 +31,7 @@ Error reports arriving on our own `_error` queues are recorded on the delivery t
 (it becomes DEAD with the receiver's reason) when a store is given.
 
 The connection is supervised by one task: when the broker goes away everything is torn down and
-rebuilt after a backoff (exponential with jitter, 0.5 s to 30 s); sends meanwhile are TRANSIENT.
+rebuilt after a backoff (exponential with jitter, 0.5 s to 10 s); sends meanwhile are TRANSIENT.
 
 Endpoint (the route's address for an `amqp` receiver): empty, `amqp` or `amqp:` means the
 receiver organisation's queue set (`<level-1 HER-id>_async`); `amqp:<queue>` or `<queue>` names a
@@ -191,7 +191,7 @@ class AmqpTransport:
         requeue_delay: float = 1.0,
         requeue_max: float = 30.0,
         reconnect_min: float = 0.5,
-        reconnect_max: float = 30.0,
+        reconnect_max: float = 10.0,
         declare: bool = True,
         consume: bool = True,
         stop_grace: float = 5.0,

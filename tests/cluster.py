@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -241,4 +242,34 @@ def sql(dsn: str, query: str) -> str:
     return proc.stdout.strip()
 
 
-__all__ = ["Nodes", "TcpBalancer", "free_port", "node_config", "set_value", "sql", "use_amqp", "use_postgres"]
+# Messages sent whose every delivery is answered with AppRec OK (the same SQL on both stores).
+ANSWERED = (
+    "SELECT m.msg_id FROM messages AS m WHERE m.direction = 'outbound' "
+    "AND EXISTS (SELECT 1 FROM deliveries AS d WHERE d.message_id = m.id) "
+    "AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.message_id = m.id AND d.state <> 'app-ok')"
+)
+
+
+def answered(net: Net, name: str, dsn: str | None = None) -> set[str]:
+    """MsgIds of messages gateway `name` sent that are answered with AppRec OK; read from its store
+    directly (`komut log` takes a second or two per call)."""
+    if dsn is not None:
+        return set(sql(dsn, ANSWERED).splitlines())
+    path = net.directory / "state" / name / "komut.db"
+    if not path.exists():
+        return set()
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+        return {row[0] for row in db.execute(ANSWERED)}
+
+
+__all__ = [
+    "answered",
+    "Nodes",
+    "TcpBalancer",
+    "free_port",
+    "node_config",
+    "set_value",
+    "sql",
+    "use_amqp",
+    "use_postgres",
+]

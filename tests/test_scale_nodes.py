@@ -6,15 +6,13 @@ node's in-flight deliveries when their leases ran out."""
 
 from __future__ import annotations
 
-import contextlib
 import random
-import sqlite3
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-from cluster import Nodes, TcpBalancer, free_port, node_config, set_value, sql, use_postgres
+from cluster import Nodes, TcpBalancer, answered, free_port, node_config, set_value, sql, use_postgres
 from conftest import SAMPLES
 from e2e import DRAMMEN_CAST, Net, wait_for
 
@@ -27,12 +25,6 @@ HOSPITAL, MUNICIPALITY = 9100000, 9203000
 MIN_MESSAGES, MAX_MESSAGES = 40, 150
 KILLS = 4
 LEASE = 4  # seconds; short, so that a killed node's work comes back quickly
-# Messages sent whose every delivery is answered with AppRec OK (the same SQL on both stores).
-ANSWERED = (
-    "SELECT m.msg_id FROM messages AS m WHERE m.direction = 'outbound' "
-    "AND EXISTS (SELECT 1 FROM deliveries AS d WHERE d.message_id = m.id) "
-    "AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.message_id = m.id AND d.state <> 'app-ok')"
-)
 
 
 def _received_ids(system) -> Counter:
@@ -118,18 +110,9 @@ def test_two_nodes_on_postgres_survive_sigkills(tmp_path, demo_pki, postgres_ser
         loader.join()
         t1 = time.monotonic()
 
-        def answered(rows: list[str], org: int) -> set[str]:
-            return {m for m in rows if sent.get(m) == org}
-
-        municipal_db = net.directory / "state" / "municipal" / "komut.db"
-
         def all_answered():
-            with contextlib.closing(sqlite3.connect(f"file:{municipal_db}?mode=ro", uri=True)) as db:
-                municipal_done = [r[0] for r in db.execute(ANSWERED)]
-            done = answered(sql(dsn, ANSWERED).splitlines(), HOSPITAL) | answered(
-                municipal_done, MUNICIPALITY
-            )
-            return done == set(sent)
+            done = answered(net, "hospital", dsn) | answered(net, "municipal")
+            return done >= set(sent)
 
         try:
             wait_for(all_answered, timeout=120, interval=0.5, what="every message to reach app-ok")
