@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from gateway.store import StoreUnavailable
 from gateway.transport import Inbound, Outcome, Outgoing, PeerReceipt, SendResult
 
 log = logging.getLogger("komut.transport.https")
@@ -345,6 +346,11 @@ def peer_routes(
         source = f"https:{peer_name(request)}"
         try:
             receipt = await inbound.from_peer(body, routing, source=source)
+        except StoreUnavailable as exc:
+            log.error("receiving from %s: %s", source, exc)
+            return _refusal(
+                503, "the gateway cannot store messages right now; send it again later", exc.retry_after
+            )
         except Exception:
             log.exception(
                 "receiving from %s failed (msg %s, delivery %s)",

@@ -58,6 +58,7 @@ from gateway.store import (
     MessageRecord,
     PartnerStats,
     Query,
+    StoreUnavailable,
     TrafficStats,
 )
 
@@ -421,6 +422,28 @@ TIME_FIELDS = frozenset({"expires_at", "apprec_due_at", "next_attempt_at", "leas
 ALLOWED_SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 
+# SQLite primary result codes that mean "not now" rather than a bug in the caller: busy or locked
+# by another process, read-only, I/O error, disk full, cannot open the file.
+_UNAVAILABLE = {
+    5: "locked by another process",
+    6: "locked",
+    8: "read-only",
+    10: "I/O error",
+    13: "disk full",
+    14: "cannot open the file",
+}
+
+
+def _unavailable(exc: BaseException | None) -> BaseException | None:
+    """StoreUnavailable for SQLite's temporary failures, so front doors can say "try again later"."""
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    if code is None or code & 0xFF not in _UNAVAILABLE:
+        return exc
+    unavailable = StoreUnavailable(f"the SQLite store is unavailable ({_UNAVAILABLE[code & 0xFF]}): {exc}")
+    unavailable.__cause__ = exc
+    return unavailable
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
@@ -710,7 +733,7 @@ class SqliteStore:
         # One wake-up per event loop for the whole batch rather than one per caller.
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for job, result, exc in outcomes:
-            by_loop.setdefault(job.loop, []).append((job.future, result, exc))
+            by_loop.setdefault(job.loop, []).append((job.future, result, _unavailable(exc)))
         for loop, items in by_loop.items():
             # A closed loop raises RuntimeError: nobody is waiting there any more.
             with contextlib.suppress(RuntimeError):
@@ -748,13 +771,19 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._readers, self._in_reader, fn)
 
     def _in_reader(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        conn = self._reader()
-        # One read transaction, so multi-statement reads see one snapshot.
-        conn.execute("BEGIN")
         try:
-            return fn(conn)
-        finally:
-            conn.execute("COMMIT")
+            conn = self._reader()
+            # One read transaction, so multi-statement reads see one snapshot.
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            translated = _unavailable(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     # --- apply ---------------------------------------------------------------------------------
 

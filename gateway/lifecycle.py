@@ -82,6 +82,10 @@ DELIVERY_TRANSITIONS: tuple[Transition, ...] = (
     Transition(D.RETRY_WAIT, D.APP_OK, "AppRec OK before transport receipt", Actor.PEER),
     Transition(D.RETRY_WAIT, D.APP_REJECTED, "AppRec rejected before transport receipt", Actor.PEER),
     Transition(D.RETRY_WAIT, D.APP_PARTIAL, "AppRec OK with errors before transport receipt", Actor.PEER),
+    # Also back in the queue after a crash: the attempt cut short had reached the receiver.
+    Transition(D.QUEUED, D.APP_OK, "AppRec OK before transport receipt", Actor.PEER),
+    Transition(D.QUEUED, D.APP_REJECTED, "AppRec rejected before transport receipt", Actor.PEER),
+    Transition(D.QUEUED, D.APP_PARTIAL, "AppRec OK with errors before transport receipt", Actor.PEER),
     Transition(D.DELIVERED, D.APPREC_MISSING, "no AppRec in time", Actor.TIMER),
     # A broker took it (the transport receipt), then the receiver reported it could not take it
     # (Helsenorge's error queue, e.g. it cannot decrypt): it will never arrive as it is.

@@ -113,6 +113,17 @@ class Conflict(Exception):
     """A DeliveryUpdate's expect_state did not match: someone else moved the delivery first."""
 
 
+class StoreUnavailable(Exception):
+    """The store cannot take or give data now (disk full, locked by another process, I/O error,
+    database unreachable); nothing of the failed call was stored. Front doors answer "try again
+    later" (HTTP 503 with Retry-After) and acknowledge nothing."""
+
+    def __init__(self, reason: str, retry_after: float = 5.0):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
 @dataclass
 class Query:
     """Delivery-log search. All filters are optional and combined with AND."""

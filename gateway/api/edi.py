@@ -40,7 +40,7 @@ from gateway.api.mapping import (
 )
 from gateway.api.ratelimit import RateLimiter
 from gateway.api.settings import ApiSettings, parse_api_settings
-from gateway.store import DeliveryRecord, MessageRecord
+from gateway.store import DeliveryRecord, MessageRecord, StoreUnavailable
 from message_types.apprec import build_apprec
 from message_types.model import Message
 from message_types.problems import InvalidMessage
@@ -194,6 +194,15 @@ class EdiApi:
             except TooLarge:
                 limit = self.settings.max_request_bytes // (1024 * 1024)
                 return _error(413, rid, f"The request is larger than {limit} MB")
+            except StoreUnavailable as exc:
+                # Nothing was stored: the client must send it again, and may, unchanged.
+                log.error("API request %s %s: %s (request id %s)", request.method, request.path, exc, rid)
+                return _error(
+                    503,
+                    rid,
+                    "The gateway cannot store messages right now; send the request again later",
+                    headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
+                )
             except Exception:
                 log.exception("API request %s %s failed (request id %s)", request.method, request.path, rid)
                 return _error(500, rid, "An unknown error occurred")
