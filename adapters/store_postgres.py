@@ -565,6 +565,12 @@ def _payload_bytes(change: Change) -> int:
     return total + (len(payload) if isinstance(payload, bytes | bytearray) else 0)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool connections carry no session state here (LISTEN has a connection of its own, the
+    advisory lock is transaction-scoped), so asyncpg's reset (UNLISTEN, RESET ALL, ...) after every
+    use would only add a round trip per operation."""
+
+
 class PostgresStore:
     """Store on a PostgreSQL database that several gateway nodes may share. See the module docstring."""
 
@@ -607,6 +613,7 @@ class PostgresStore:
             max_size=self.pool_size,
             command_timeout=self.command_timeout,
             server_settings={"application_name": "komut"},
+            reset=_keep_session,
         )
         try:
             async with pool.acquire() as conn:
