@@ -187,7 +187,23 @@ def new_page(browser, base: str):
         ignore_https_errors=True, base_url=base, viewport={"width": 1366, "height": 768}
     )
     context.set_default_timeout(TIMEOUT_MS)
-    return context.new_page()
+    page = context.new_page()
+    watch(page)
+    return page
+
+
+def watch(page) -> None:
+    """Collect script errors and Content-Security-Policy violations; `shot` checks there are none."""
+    page.komut_errors = []
+    page.on("pageerror", lambda exc: page.komut_errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda msg: (
+            page.komut_errors.append(msg.text)
+            if msg.type == "error" and "Content Security Policy" in msg.text
+            else None
+        ),
+    )
 
 
 def login(page, user: str, password: str) -> None:
@@ -200,6 +216,7 @@ def login(page, user: str, password: str) -> None:
 
 
 def shot(page, name: str) -> None:
+    assert not getattr(page, "komut_errors", []), page.komut_errors
     page.evaluate("window.scrollTo(0, 0)")  # a full-page shot keeps the sticky header where it was
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
@@ -311,6 +328,7 @@ def test_resend_a_dead_message_and_watch_it_reach_app_ok_live(scene, browser):
     expect(log_page.locator("#live:not(.off)")).to_be_visible()
 
     page = log_page.context.new_page()
+    watch(page)
     page.goto(f"/ui/messages/{dead}")
     state = page.locator("tr[data-delivery-id] [data-status]").first
     expect(state).to_have_text("dead")

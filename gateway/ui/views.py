@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -15,7 +15,7 @@ from gateway.ui import dashboard, data
 from gateway.ui.actions import ActionError
 from gateway.ui.app import UI_KEY, OperatorUi
 from gateway.ui.auth import LoginError, Principal, guarded, with_headers
-from gateway.ui.model import fmt_time, parse_filters, party_choices
+from gateway.ui.model import parse_filters, party_choices
 from gateway.ui.operators import AuditQuery, Role, User, UserExists
 from gateway.ui.passwords import WeakPassword, hash_password
 from gateway.ui.texts import STATE_HELP
@@ -519,6 +519,3 @@ def add_routes(app: web.Application, ui: OperatorUi) -> None:
     r.add_post("/ui/admin/users", users_submit)
     r.add_get("/ui/admin/config", config_page)
     r.add_get("/ui/static/{name}", static)
-
-
-__all__ = ["add_routes", "fmt_time", "quote"]
