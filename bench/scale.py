@@ -13,7 +13,8 @@ throwaway server started by this script (Debian's binaries, as in the tests: fsy
 synchronous_commit on). Also printed: how busy the machine's cores were (load generator idle,
 gateways and PostgreSQL sharing them) and the gateway nodes' CPU seconds per 1000 messages.
 
-    python bench/scale.py [--messages 1500] [--warmup 100] [--configs sqlite,pg1,pg2] [--json]
+    python bench/scale.py [--messages 1000] [--warmup 100] [--rounds 2] [--configs sqlite,pg1,pg2]
+                          [--profile DIR] [--json]
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ CAST = {
 }
 DELIVERY = {"poll_interval": '"50ms"', "lease_seconds": '"30s"'}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Thread CPU time: what the node's event loop spends, not what it waits.
+PROFILE_LAUNCH = (
+    "import cProfile, sys, time; sys.argv[0] = 'komut'; from gateway.cli import main; "
+    "p = cProfile.Profile(time.thread_time); p.runcall(main); p.dump_stats('{out}')"
+)
 LABELS = {"sqlite": "1 node, SQLite", "pg1": "1 node, PostgreSQL", "pg2": "2 nodes, PostgreSQL"}
 
 
@@ -93,8 +99,11 @@ def machine_busy() -> tuple[float, float]:
 class Run:
     """One configuration: a fresh demo folder, its gateway node(s), files in and out."""
 
-    def __init__(self, base: Path, pki: Path, kind: str, pg: PostgresServer | None, round_: int):
+    def __init__(
+        self, base: Path, pki: Path, kind: str, pg: PostgresServer | None, round_: int, profile: Path | None
+    ):
         self.kind = kind
+        self.profile = profile
         self.pg = pg if kind != "sqlite" else None
         self.dir = base / f"{kind}-{round_}"
         shutil.copytree(pki, self.dir / "pki")
@@ -117,12 +126,14 @@ class Run:
     def start(self) -> None:
         for i, config in enumerate(self.configs):
             log = open(self.dir / f"node-{i}.log", "ab")  # noqa: SIM115 - lives as long as the process
+            command = ["-m", "gateway.cli"]
+            if self.profile is not None:
+                command = ["-c", PROFILE_LAUNCH.format(out=self.profile / f"{self.dir.name}-node{i}.prof")]
             self.procs.append(
                 subprocess.Popen(
                     [
                         sys.executable,
-                        "-m",
-                        "gateway.cli",
+                        *command,
                         "serve",
                         "--config",
                         str(config),
@@ -219,6 +230,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--configs", default="sqlite,pg1,pg2")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of each node (thread CPU time) here")
     args = parser.parse_args()
     kinds = [k.strip() for k in args.configs.split(",") if k.strip()]
     unknown = set(kinds) - set(LABELS)
@@ -240,7 +252,7 @@ def main() -> int:
         # Interleaved rounds: a neighbour that loads the machine for a while hurts every configuration.
         for round_ in range(args.rounds):
             for kind in kinds:
-                run = Run(base, pki, kind, pg, round_)
+                run = Run(base, pki, kind, pg, round_, args.profile)
                 warm, measured = run.stage(args.warmup, "warm"), run.stage(args.messages, "load")
                 run.start()
                 try:
