@@ -17,9 +17,15 @@ import urllib.request
 from pathlib import Path
 
 from e2e import REPO, Net, wait_for
-from servers import free_port
 
 REGISTRY = REPO / "gateway" / "registry" / "default_network.toml"
+
+
+def free_port() -> int:
+    # Imported here, not at the top: test modules load `servers` as a pytest plugin after importing this.
+    import servers
+
+    return servers.free_port()
 
 
 # --- configurations ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from test_store_contract import NOW, delivery, intake, message, move, submit
 
 from gateway.lifecycle import DeliveryState as D
-from gateway.store import Change, DeliveryUpdate, Event
+from gateway.store import Change, DeliveryUpdate, Event, Query
 
 pytest_plugins = ("servers",)
 
@@ -214,3 +214,41 @@ async def test_the_same_message_from_two_nodes_at_once_is_stored_once(nodes):
     assert len({r.message_id for r in results}) == 1
     assert len({tuple(r.delivery_ids) for r in results}) == 1
     assert len(await a.events(results[0].message_id)) == 2
+
+
+async def test_a_database_restart_costs_only_the_operations_it_interrupts(dsn, postgres_server):
+    store, other = PostgresStore(dsn, notify_delay=0.0), PostgresStore(dsn, notify_delay=0.0)
+    await store.open()
+    await other.open()
+    try:
+        woken = asyncio.Event()
+        await store.listen(woken.set)
+        await submit(store, "before")
+        await asyncio.to_thread(postgres_server.restart)
+        # The pool notices its connections are gone on their next use; a retry gets fresh ones.
+        failures = 0
+        for _ in range(100):
+            try:
+                await submit(store, "after")
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                failures += 1
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the store did not recover after the restart")
+        assert failures <= store.pool_size
+        assert {m.msg_id for m in await other.search(Query())} == {"before", "after"}
+        # The LISTEN connection came back by itself too.
+        for i in range(100):
+            woken.clear()
+            await submit(other, f"wake-{i}")
+            try:
+                await asyncio.wait_for(woken.wait(), 0.5)
+                break
+            except TimeoutError:
+                continue
+        else:
+            raise AssertionError("the listener did not reconnect")
+    finally:
+        await store.close()
+        await other.close()
