@@ -23,9 +23,11 @@ routing facts, as Helsenorge's do: fromHerId, toHerId, applicationTimeStamp, the
 Receiving: the `_async` queues of the HER-ids this gateway serves are consumed; each message goes
 to `Inbound.from_peer` and is acknowledged only after the pipeline has answered that it stored
 it durably (or already had it). A peer receipt that refuses it (cannot decrypt, spoofing) sends an
-error report to the sender's `_error` queue and dead-letters the message. A message the gateway
-cannot take now (the store is away, revocation status unknown) is returned to the queue after a
-growing pause; after `max_redeliveries` the broker dead-letters it.
+error report to the sender's `_error` queue and dead-letters the message. While the store is
+unavailable a message is held, unacknowledged, and tried again in place: a database outage does
+not count towards dead-lettering. A message the gateway cannot take now for another reason
+(revocation status unknown, a bug) goes back to the queue after a growing pause; after
+`max_redeliveries` deliveries the broker dead-letters it.
 
 Error reports arriving on our own `_error` queues are recorded on the delivery they are about
 (it becomes DEAD with the receiver's reason) when a store is given.
@@ -57,7 +59,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishErr
 from yarl import URL
 
 from gateway.lifecycle import Actor, DeliveryState, check_delivery
-from gateway.store import Change, Conflict, DeliveryUpdate, Direction, Event, Store
+from gateway.store import Change, Conflict, DeliveryUpdate, Direction, Event, Store, StoreUnavailable
 from gateway.transport import Inbound, Outcome, Outgoing, PeerReceipt, SendResult
 
 log = logging.getLogger("komut.transport.amqp")
@@ -438,7 +440,7 @@ class AmqpTransport:
             )
             return
         try:
-            receipt = await self._inbound.from_peer(message.body, routing, source=source)
+            receipt = await self._from_peer(message, routing, source)
         except Exception:
             log.exception(
                 "%s: receiving msg %s from %s failed; it goes back to %s%s",
@@ -465,6 +467,27 @@ class AmqpTransport:
             await self._later(message, receipt.retry_after)
         else:
             await self._refuse(her, message, routing, receipt)
+
+    async def _from_peer(self, message: AbstractIncomingMessage, routing: dict, source: str) -> PeerReceipt:
+        """The pipeline's answer. While the store is unavailable the message is held (unacknowledged)
+        and tried again here: returned to the queue, each try would count towards dead-lettering,
+        and a database outage must not send good messages to the DLQ."""
+        pause = self.requeue_delay
+        while True:
+            try:
+                return await self._inbound.from_peer(message.body, routing, source=source)
+            except StoreUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning(
+                    "%s: the store is unavailable (%s); holding msg %s",
+                    self.name,
+                    exc,
+                    routing.get("msg_id", "?"),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(pause, exc.retry_after or pause))
+                pause = min(pause * 2, self.requeue_max)
 
     async def _later(self, message: AbstractIncomingMessage, hint: float | None = None) -> None:
         """Back to the queue after a pause that grows with each delivery (the broker counts them)."""
@@ -545,7 +568,14 @@ class AmqpTransport:
             report.description,
         )
         if self.store is not None and report.original_msg_id:
-            matched = await record_error_report(self.store, self.name, report, self.queue_owner)
+            try:
+                matched = await record_error_report(self.store, self.name, report, self.queue_owner)
+            except Exception as exc:
+                log.warning(
+                    "%s: could not record the error report (%s); it goes back to the queue", self.name, exc
+                )
+                await self._later(message)
+                return
             if not matched:
                 log.warning("%s: the error report is about no message we sent over %s", self.name, self.name)
         await message.ack()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -67,6 +68,7 @@ from gateway.store import (
     MessageRecord,
     PartnerStats,
     Query,
+    StoreUnavailable,
     TrafficStats,
 )
 
@@ -565,6 +567,42 @@ def _payload_bytes(change: Change) -> int:
     return total + (len(payload) if isinstance(payload, bytes | bytearray) else 0)
 
 
+# SQLSTATE classes that mean "not now" rather than "never": connection exceptions, insufficient
+# resources (disk full, too many connections), operator intervention (shutdown, restart), system
+# errors; and read-only (a standby after a failover), serialization failure, deadlock.
+UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+UNAVAILABLE_STATES = frozenset({"25006", "40001", "40P01"})
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable | None:
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        if state[:2] in UNAVAILABLE_CLASSES or state in UNAVAILABLE_STATES:
+            return StoreUnavailable(f"the PostgreSQL store is unavailable ({state}): {exc}")
+        return None
+    if isinstance(exc, OSError | TimeoutError) or (
+        isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+    ):
+        return StoreUnavailable(f"the PostgreSQL store is unreachable: {type(exc).__name__}: {exc}")
+    return None
+
+
+def _translated(method):
+    """Front doors answer "try again later" for StoreUnavailable; other errors stay what they are."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            unavailable = _unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+
+    return wrapper
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool connections carry no session state here (LISTEN has a connection of its own, the
     advisory lock is transaction-scoped), so asyncpg's reset (UNLISTEN, RESET ALL, ...) after every
@@ -739,6 +777,7 @@ class PostgresStore:
             except Exception as exc:
                 log.warning("delivery count compaction failed: %s", exc)
 
+    @_translated
     async def compact_counts(self) -> None:
         pool = self._pool_or_fail()
         async with pool.acquire() as conn:
@@ -828,6 +867,7 @@ class PostgresStore:
         ]
         return _json(doc), blob, field_blob
 
+    @_translated
     async def apply(self, change: Change) -> Applied:
         pool = self._pool_or_fail()
         if _payload_bytes(change) > OFF_LOOP_BYTES:
@@ -857,6 +897,7 @@ class PostgresStore:
 
     # --- claim and leases ----------------------------------------------------------------------
 
+    @_translated
     async def claim(
         self,
         transport: str,
@@ -900,6 +941,7 @@ class PostgresStore:
             out.append(Claimed(delivery, message))
         return out
 
+    @_translated
     async def release_expired_leases(self, now: float) -> int:
         pool = self._pool_or_fail()
         resumed = check_delivery(DeliveryState.SENDING, DeliveryState.QUEUED)
@@ -910,6 +952,7 @@ class PostgresStore:
 
     # --- simple reads --------------------------------------------------------------------------
 
+    @_translated
     async def get_message(self, message_id: int, with_payload: bool = False) -> MessageRecord | None:
         pool = self._pool_or_fail()
         if not with_payload:
@@ -926,24 +969,29 @@ class PostgresStore:
                 payload = decompress(row["codec"], row["data"])
         return _message(row, payload)
 
+    @_translated
     async def find_message(self, dedupe_key: str) -> MessageRecord | None:
         row = await self._pool_or_fail().fetchrow(SQL_MESSAGE_BY_KEY, dedupe_key)
         return None if row is None else _message(row)
 
+    @_translated
     async def find_by_msg_id(self, msg_id: str, direction: Direction | None = None) -> list[MessageRecord]:
         rows = await self._pool_or_fail().fetch(
             SQL_MESSAGES_BY_MSG_ID, msg_id, None if direction is None else str(direction)
         )
         return [_message(row) for row in rows]
 
+    @_translated
     async def deliveries(self, message_id: int) -> list[DeliveryRecord]:
         rows = await self._pool_or_fail().fetch(SQL_DELIVERIES_OF, message_id)
         return [_delivery(row) for row in rows]
 
+    @_translated
     async def events(self, message_id: int) -> list[Event]:
         rows = await self._pool_or_fail().fetch(SQL_EVENTS_OF, message_id)
         return [_event(row) for row in rows]
 
+    @_translated
     async def due(
         self, now: float, states: Sequence[DeliveryState], field_name: str, limit: int
     ) -> list[DeliveryRecord]:
@@ -955,21 +1003,25 @@ class PostgresStore:
         rows = await pool.fetch(SQL_DUE.format(field=field_name), [str(s) for s in states], now, limit)
         return [_delivery(row) for row in rows]
 
+    @_translated
     async def counts(self) -> dict[str, int]:
         rows = await self._pool_or_fail().fetch(SQL_COUNTS)
         out = {str(state): 0 for state in DeliveryState}
         out.update({state: int(n) for state, n in rows})
         return out
 
+    @_translated
     async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
         if limit <= 0:
             return []
         rows = await self._pool_or_fail().fetch(SQL_EVENTS_SINCE, after_id, limit)
         return [_event(row) for row in rows]
 
+    @_translated
     async def last_event_id(self) -> int:
         return int(await self._pool_or_fail().fetchval(SQL_LAST_EVENT_ID))
 
+    @_translated
     async def traffic_stats(self, since: float, until: float) -> TrafficStats:
         pool = self._pool_or_fail()
         out = TrafficStats(since=since, until=until)
@@ -990,6 +1042,7 @@ class PostgresStore:
 
     # --- search --------------------------------------------------------------------------------
 
+    @_translated
     async def search(self, query: Query) -> list[MessageRecord]:
         pool = self._pool_or_fail()
         q = query
@@ -1035,6 +1088,7 @@ class PostgresStore:
 
     # --- retention -----------------------------------------------------------------------------
 
+    @_translated
     async def purge_payloads(self, older_than: float, max_total_bytes: int | None) -> int:
         pool = self._pool_or_fail()
         async with pool.acquire() as conn, conn.transaction():

@@ -10,7 +10,7 @@ import pytest
 from test_store_contract import NOW, delivery, intake, message, move, submit
 
 from gateway.lifecycle import DeliveryState as D
-from gateway.store import Change, DeliveryUpdate, Event, Query
+from gateway.store import Change, DeliveryUpdate, Event, Query, StoreUnavailable
 
 pytest_plugins = ("servers",)
 
@@ -216,7 +216,7 @@ async def test_the_same_message_from_two_nodes_at_once_is_stored_once(nodes):
     assert len(await a.events(results[0].message_id)) == 2
 
 
-async def test_a_database_restart_costs_only_the_operations_it_interrupts(dsn, postgres_server):
+async def test_a_database_outage_is_store_unavailable_and_the_store_recovers(dsn, postgres_server):
     store, other = PostgresStore(dsn, notify_delay=0.0), PostgresStore(dsn, notify_delay=0.0)
     await store.open()
     await other.open()
@@ -224,20 +224,29 @@ async def test_a_database_restart_costs_only_the_operations_it_interrupts(dsn, p
         woken = asyncio.Event()
         await store.listen(woken.set)
         await submit(store, "before")
-        await asyncio.to_thread(postgres_server.restart)
-        # The pool notices its connections are gone on their next use; a retry gets fresh ones.
+        await asyncio.to_thread(postgres_server.stop, False)
+        try:
+            # While the database is down: "try again later", nothing half-written.
+            with pytest.raises(StoreUnavailable):
+                await submit(store, "while down")
+            with pytest.raises(StoreUnavailable):
+                await store.claim("https", NOW, 10, "n", 30)
+        finally:
+            await asyncio.to_thread(postgres_server.start)
+        # The pool notices its connections are gone on their next use (the caller is told the
+        # store is unavailable); a retry gets fresh ones.
         failures = 0
         for _ in range(100):
             try:
                 await submit(store, "after")
                 break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except StoreUnavailable:  # what front doors turn into "try again later"
                 failures += 1
                 await asyncio.sleep(0.1)
         else:
             raise AssertionError("the store did not recover after the restart")
         assert failures <= store.pool_size
-        assert {m.msg_id for m in await other.search(Query())} == {"before", "after"}
+        assert {m.msg_id for m in await other.search(Query())} == {"before", "after"}  # not "while down"
         # The LISTEN connection came back by itself too.
         for i in range(100):
             woken.clear()

@@ -13,7 +13,15 @@ import pytest
 from adapters.store_memory import MemoryStore
 from gateway.lifecycle import DeliveryState as D
 from gateway.lifecycle import MessageState
-from gateway.store import Change, DeliveryRecord, DeliveryUpdate, Direction, Event, MessageRecord
+from gateway.store import (
+    Change,
+    DeliveryRecord,
+    DeliveryUpdate,
+    Direction,
+    Event,
+    MessageRecord,
+    StoreUnavailable,
+)
 from gateway.transport import Outcome, Outgoing, PeerReceipt
 
 pytest_plugins = ("servers",)
@@ -316,3 +324,27 @@ async def test_a_late_error_report_does_not_undo_an_apprec():
     assert d.state == D.APP_OK
     assert (await store.events(applied.message_id))[-1].kind == "error reported by the receiver"
     assert await record_error_report(store, "amqp", ErrorReport("other", 2002, "x", "y"), lambda h: h) == 0
+
+
+async def test_a_store_outage_holds_the_message_instead_of_dead_lettering_it(broker):
+    _, url, _ = broker
+    a, b = her(), her()
+    outage = iter([StoreUnavailable("database restarting", retry_after=0.05)] * 3)
+
+    def answer(body):
+        failure = next(outage, None)
+        if failure is not None:
+            raise failure
+        return PeerReceipt(True, 200, "stored")
+
+    inbound = Inbound(answer)
+    # One redelivery allowed: had each failure gone back to the queue, it would be a dead letter now.
+    ta, tb = await started(url, a, Inbound()), await started(url, b, inbound, max_redeliveries=1)
+    try:
+        assert (await ta.send(outgoing(a, b, "held"))).outcome == Outcome.DELIVERED
+        await wait_until(lambda: len(inbound.got) == 4)
+        await tb.stop()
+        assert await ready_count(url, f"{b}_async") == 0 and await ready_count(url, f"{b}_dlq") == 0
+    finally:
+        await ta.stop()
+        await tb.stop()
