@@ -101,7 +101,6 @@ LINKS = {"passwd.xml": "/etc/passwd", "their-inbox.xml": "../../9203000/in", "lo
 class Run:
     net: object
     errors: dict[str, tuple[Path, str]]  # sha256 of the refused bytes -> (file in error/, .err text)
-    archived: dict[str, list[Path]]  # sha256 -> files in archive/
     apprecs: dict[str, list[tuple[str, list[str]]]]
     rows: dict[str, list[dict]]
     out_left: set[str]
@@ -121,16 +120,13 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _index(folder: Path, with_err: bool) -> dict:
-    out: dict = {}
+def _refused_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """error/ by the sha256 of each refused file: (the file, its .err text, or "" if it has none)."""
+    out = {}
     for path in folder.iterdir():
-        if path.name.endswith(".err"):
-            continue
-        digest = _sha(path.read_bytes())
-        if with_err:
-            out[digest] = (path, Path(f"{path}.err").read_text(encoding="utf-8"))
-        else:
-            out.setdefault(digest, []).append(path)
+        if not path.name.endswith(".err"):
+            err = Path(f"{path}.err")
+            out[_sha(path.read_bytes())] = (path, err.read_text(encoding="utf-8") if err.exists() else "")
     return out
 
 
@@ -198,8 +194,7 @@ def _run(net) -> Run:
     settle(delivered, timeout=30)
     return Run(
         net=net,
-        errors=_index(party / "error", with_err=True),
-        archived=_index(party / "archive", with_err=False),
+        errors=_refused_files(party / "error"),
         apprecs=apprecs_in(in_folder),
         rows=rows_by_msg_id(net.log("hospital")),
         out_left={p.name for p in out.iterdir()},
