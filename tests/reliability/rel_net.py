@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import os
 import re
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -226,3 +228,40 @@ async def post_until_accepted(client: Client, data: bytes, stop_after: float = 1
 
 def receivers_of(net: Net, her_id: int) -> list[int]:
     return list(net.info["systems"][str(her_id)]["receiver_her_ids"])
+
+
+async def answer_until(net, done, clients: dict, received: dict, timeout: float, what: str) -> None:
+    """Run the receiving local systems until `done()` (a blocking check) is true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        for her, got in received.items():
+            if her in clients:
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    await read_api(clients[her], receivers_of(net, her), got)
+            else:
+                await asyncio.to_thread(read_folder, net, her, got)
+        if await asyncio.to_thread(done):
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.5)
+
+
+def delivery_states(net: RelNet, name: str) -> dict[str, list[str]]:
+    """MsgId -> its deliveries' states, read straight from the gateway's SQLite file (read-only):
+    polled often, where starting `komut log` each time would cost a second or more."""
+    path = net.state_dir(name) / "komut.db"
+    out: dict[str, list[str]] = collections.defaultdict(list)
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
+        for msg_id, state in conn.execute(
+            "SELECT m.msg_id, d.state FROM messages m JOIN deliveries d ON d.message_id = m.id"
+        ):
+            out[msg_id].append(state)
+    return out
+
+
+def app_ok(net: RelNet, name: str, msg_ids) -> bool:
+    """Every one of these messages has exactly one delivery, and it is app-ok."""
+    states = delivery_states(net, name)
+    return all(states.get(m) == ["app-ok"] for m in msg_ids)

@@ -26,10 +26,9 @@ from rel_net import (
     MUNICIPALITY,
     Received,
     RelNet,
+    answer_until,
+    app_ok,
     post_until_accepted,
-    read_api,
-    read_folder,
-    receivers_of,
 )
 
 API_TO_HOSPITAL = next(f for f in FLOWS if f.api and f.gateway == "municipal")
@@ -57,29 +56,6 @@ def _fill(folder: Path) -> Path:
             while True:  # the last partial megabyte
                 f.write(b"\0" * 4096)
     return filler
-
-
-async def _answer_until(net, done, clients: dict, received: dict, timeout: float, what: str) -> None:
-    """Run the receiving local systems until `done()` (a blocking check) is true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        for her, got in received.items():
-            if her in clients:
-                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                    await read_api(clients[her], receivers_of(net, her), got)
-            else:
-                await asyncio.to_thread(read_folder, net, her, got)
-        if await asyncio.to_thread(done):
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.5)
-
-
-def _app_ok(net: RelNet, name: str, msg_ids) -> bool:
-    rows = net.rows(name)
-    return all([r["status"] for r in rows.get(m, [])] == ["app-ok"] for m in msg_ids)
 
 
 async def test_out_of_disk_space_refuses_with_503_acknowledges_nothing_and_recovers(tmp_path, demo_pki):
@@ -145,10 +121,10 @@ async def test_out_of_disk_space_refuses_with_503_acknowledges_nothing_and_recov
                 await post_until_accepted(asker, data)
             received = {h: Received() for h in (HALLINGDAL, HOSPITAL, MUNICIPALITY)}
             sent_from_municipal = [m for _, m in refused] + waiting
-            await _answer_until(
+            await answer_until(
                 net,
                 lambda: (
-                    _app_ok(net, "municipal", sent_from_municipal) and _app_ok(net, "hospital", [peer_msg_id])
+                    app_ok(net, "municipal", sent_from_municipal) and app_ok(net, "hospital", [peer_msg_id])
                 ),
                 {HALLINGDAL: hallingdal},
                 received,
