@@ -4,7 +4,8 @@ Fills a SQLite delivery log with --rows messages (default 1,000,000, spread over
 deliveries and their delivered/AppRec transitions) through the adapter's own SQL
 (bench/store.py's generator), starts the UI in this process on 127.0.0.1 (plain HTTP, a logged-in
 viewer), and times whole HTTP requests, rendering included: p50 and p95 of --repeat requests per
-page, after one warm-up. About two minutes with the default size.
+page, after one warm-up. Generating the million rows takes one to five minutes (longer on a busy
+machine); --keep-log keeps them for the next run, which then takes about two minutes.
 
     python bench/ui.py [--rows 1000000] [--repeat 30] [--keep-log /tmp/ui-log.db] [--json]
 """
