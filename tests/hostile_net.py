@@ -17,11 +17,27 @@ from message_types.read import read_message
 from message_types.xmlparse import parse_xml
 
 
-def start_net(directory: Path, demo_pki: Path, *gateways: str, **kwargs) -> Net:
-    net = Net(directory, demo_pki, **kwargs)
-    for name in gateways:
-        net.start(name)
-    return net
+def start_net(directory: Path, demo_pki: Path, *gateways: str, prepare=None, **kwargs) -> Net:
+    """A demo network with `gateways` started; `prepare(net)` runs first (configuration, CRLs).
+
+    Ports are picked free but only taken when a gateway binds them, and other test processes on the
+    host pick ports too: a gateway that fails to start gets a fresh network on other ports, twice."""
+    for attempt in range(3):
+        net = Net(
+            directory.with_name(f"{directory.name}-{attempt}") if attempt else directory, demo_pki, **kwargs
+        )
+        if prepare is not None:
+            prepare(net)
+        try:
+            for name in gateways:
+                net.start(name)
+        except AssertionError:
+            net.stop_all()
+            if attempt == 2:
+                raise
+            continue
+        return net
+    raise AssertionError("unreachable")
 
 
 def settle(predicate, timeout: float, interval: float = 0.2):

@@ -202,11 +202,8 @@ async def _exercise(net, url: str) -> tuple[dict, collections.Counter, dict, dic
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, demo_pki, rabbitmq_server):
-    net = start_net(tmp_path_factory.mktemp("hostile-amqp") / "net", demo_pki)
     url = rabbitmq_server.new_vhost("hostile")
     vhost = url.rsplit("/", 1)[1]
-    use_amqp(net, url)
-    revoke_kongsberg(net.directory / "pki")
 
     async def declare_hospital_queues():
         # What the hospital gateway would declare when it connects: it stays down, its queues fill.
@@ -220,9 +217,13 @@ def run(tmp_path_factory, demo_pki, rabbitmq_server):
         assert await transport.wait_connected(30)
         await transport.stop()
 
+    def prepare(net):
+        use_amqp(net, url)
+        revoke_kongsberg(net.directory / "pki")
+
+    asyncio.run(declare_hospital_queues())
+    net = start_net(tmp_path_factory.mktemp("hostile-amqp") / "net", demo_pki, "municipal", prepare=prepare)
     try:
-        asyncio.run(declare_hospital_queues())
-        net.start("municipal")
         reports, dead, apprecs = asyncio.run(_exercise(net, url))
         wanted = [c.msg_id for c in CASES if c.apprec_at == KONGSBERG and c.apprec]
         settle(lambda: all(m in apprecs_in(net.folder(KONGSBERG, "in")) for m in wanted), timeout=30)

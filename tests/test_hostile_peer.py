@@ -119,11 +119,14 @@ async def _send_all(net, keys: Keys) -> tuple[dict[str, list[Answer]], bytes, li
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, demo_pki):
-    net = start_net(tmp_path_factory.mktemp("hostile-peer") / "net", demo_pki)
+    net = start_net(
+        tmp_path_factory.mktemp("hostile-peer") / "net",
+        demo_pki,
+        "hospital",
+        "municipal",
+        prepare=lambda net: revoke_kongsberg(net.directory / "pki"),
+    )
     try:
-        revoke_kongsberg(net.directory / "pki")
-        net.start("hospital")
-        net.start("municipal")
         yield _run(net)
     finally:
         net.stop_all()
