@@ -220,6 +220,12 @@ PRAGMAS_READER = (
     "PRAGMA temp_store = MEMORY",
     "PRAGMA query_only = ON",
 )
+# Lookups on the caller's thread never wait: busy means "ask a reader thread" (see _lookup).
+PRAGMAS_LOOKUP = (
+    "PRAGMA busy_timeout = 0",
+    "PRAGMA cache_size = -8192",
+    "PRAGMA query_only = ON",
+)
 SQL_ANALYZE_QUICK = "PRAGMA analysis_limit = 1000; ANALYZE;"
 SQL_HAS_STATS = "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
 SQL_OPTIMIZE = "PRAGMA optimize"
@@ -422,6 +428,7 @@ TIME_FIELDS = frozenset({"expires_at", "apprec_due_at", "next_attempt_at", "leas
 ALLOWED_SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 
+_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 # SQLite primary result codes that mean "not now" rather than a bug in the caller: busy or locked
 # by another process, read-only, I/O error, disk full, cannot open the file.
 _UNAVAILABLE = {
@@ -539,7 +546,8 @@ class SqliteStore:
 
     compress_level=1: with 20 KB PLO messages, level 6 saves about 8 % of the bytes but
     measured slower end to end (bench/store.py). read_threads=0 runs reads on the writer thread
-    instead; measured, that doubles read latency under write load.
+    instead; measured, that doubles read latency under write load. inline_lookups: lookups of a few
+    rows by index run on the calling thread (see _lookup); searches and statistics on reader threads.
     """
 
     def __init__(
@@ -550,6 +558,7 @@ class SqliteStore:
         compress_level: int = 1,
         read_threads: int = 4,
         max_batch: int = MAX_BATCH,
+        inline_lookups: bool = True,
     ):
         synchronous = synchronous.upper()
         if synchronous not in ALLOWED_SYNCHRONOUS:
@@ -559,6 +568,7 @@ class SqliteStore:
         self.compress_level = compress_level
         self.read_threads = read_threads
         self.max_batch = max_batch
+        self.inline_lookups = inline_lookups
         self.commits = 0  # committed write transactions; with group commit, fewer than changes
         self.changes = 0  # write jobs that went into those transactions
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -761,6 +771,43 @@ class SqliteStore:
             with self._reader_lock:
                 self._reader_conns.append(conn)
         return conn
+
+    async def _lookup(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """A lookup of a few rows by index, run on the calling (event loop) thread.
+
+        It takes tens of microseconds; handing it to a reader thread costs several times that in
+        CPU (thread wake-ups, the GIL going back and forth) for every message. WAL readers do not
+        wait for the writer; in the rare moment SQLite answers busy (the WAL being reset), the
+        lookup goes to a reader thread instead of blocking the event loop.
+        """
+        if not self._open:
+            raise RuntimeError("store is not open")
+        if self._readers is None or not self.inline_lookups:
+            return await self._read(fn)
+        conn = getattr(self._local, "lookup", None)
+        if conn is None:
+            conn = self._connect()
+            for pragma in PRAGMAS_LOOKUP:
+                conn.execute(pragma)
+            self._local.lookup = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        try:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF not in _BUSY:
+                translated = _unavailable(exc)
+                if translated is exc:
+                    raise
+                raise translated from exc
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+        return await self._read(fn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if not self._open:
@@ -1042,28 +1089,29 @@ class SqliteStore:
             payload = conn.execute(SQL_PAYLOAD, (message_id,)).fetchone() if with_payload else None
             return row, None if payload is None else decompress(*payload)
 
-        row, payload = await self._read(read)
+        # A payload may be large (decompressing it would hold the event loop): a reader thread.
+        row, payload = await (self._read(read) if with_payload else self._lookup(read))
         return None if row is None else _message(row, payload)
 
     async def find_message(self, dedupe_key: str) -> MessageRecord | None:
-        row = await self._read(lambda conn: conn.execute(SQL_MESSAGE_BY_KEY, (dedupe_key,)).fetchone())
+        row = await self._lookup(lambda conn: conn.execute(SQL_MESSAGE_BY_KEY, (dedupe_key,)).fetchone())
         return None if row is None else _message(row)
 
     async def find_by_msg_id(self, msg_id: str, direction: Direction | None = None) -> list[MessageRecord]:
         if direction is None:
-            rows = await self._read(lambda conn: conn.execute(SQL_MESSAGES_BY_MSG_ID, (msg_id,)).fetchall())
+            rows = await self._lookup(lambda conn: conn.execute(SQL_MESSAGES_BY_MSG_ID, (msg_id,)).fetchall())
         else:
-            rows = await self._read(
+            rows = await self._lookup(
                 lambda conn: conn.execute(SQL_MESSAGES_BY_MSG_ID_DIR, (msg_id, str(direction))).fetchall()
             )
         return [_message(row) for row in rows]
 
     async def deliveries(self, message_id: int) -> list[DeliveryRecord]:
-        rows = await self._read(lambda conn: conn.execute(SQL_DELIVERIES_OF, (message_id,)).fetchall())
+        rows = await self._lookup(lambda conn: conn.execute(SQL_DELIVERIES_OF, (message_id,)).fetchall())
         return [_delivery(row) for row in rows]
 
     async def events(self, message_id: int) -> list[Event]:
-        rows = await self._read(lambda conn: conn.execute(SQL_EVENTS_OF, (message_id,)).fetchall())
+        rows = await self._lookup(lambda conn: conn.execute(SQL_EVENTS_OF, (message_id,)).fetchall())
         return [_event(row) for row in rows]
 
     async def due(
@@ -1079,7 +1127,7 @@ class SqliteStore:
         return [_delivery(row) for row in rows]
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._read(lambda conn: conn.execute(SQL_COUNTS).fetchall())
+        rows = await self._lookup(lambda conn: conn.execute(SQL_COUNTS).fetchall())
         out = {str(state): 0 for state in DeliveryState}
         out.update(dict(rows))
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 from message_types.codes import AppRecStatus, ReceiverRole
 from message_types.kinds import DocumentKind
@@ -28,7 +29,8 @@ class PartyLevel:
     kind: LevelKind
     idents: tuple[Ident, ...] = ()
 
-    @property
+    # Cached: routing, validation and the store ask for HER-ids dozens of times per message.
+    @cached_property
     def her_id(self) -> str | None:
         return next((i.id for i in self.idents if i.type == "HER"), None)
 
@@ -42,11 +44,11 @@ class Address:
 
     levels: tuple[PartyLevel, ...]
 
-    @property
+    @cached_property
     def her_ids(self) -> tuple[str | None, ...]:
         return tuple(level.her_id for level in self.levels)
 
-    @property
+    @cached_property
     def her_id(self) -> int | None:
         """The deepest HER-id: the service or person the message is really addressed to."""
         for her in reversed(self.her_ids):

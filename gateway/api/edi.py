@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from lxml import etree
 
 from gateway.api.auth import Authenticator, AuthError, Principal
 from gateway.api.ids import MessageIds, is_uuid, load_or_create_key
@@ -269,16 +270,24 @@ class EdiApi:
             raise Forbidden(denied)
 
     @staticmethod
-    async def _read_facts(data: bytes) -> Message | None:
-        """Who the document says it is from, before the pipeline sees it; None if unreadable."""
+    async def _parse(data: bytes) -> tuple[Message | None, etree._ElementTree | None]:
+        """Who the document says it is from, before the pipeline sees it (None if unreadable), and
+        the parsed tree, which the pipeline validates instead of parsing again."""
 
-        def read() -> Message | None:
+        def read() -> tuple[Message | None, etree._ElementTree | None]:
             try:
-                return read_message(parse_xml(data))
+                tree = parse_xml(data)
+            except InvalidMessage:
+                return None, None
+            try:
+                return read_message(tree), tree
             except (InvalidMessage, ValueError):
-                return None
+                return None, tree
 
         return read() if len(data) <= INLINE_PARSE_BYTES else await asyncio.to_thread(read)
+
+    async def _read_facts(self, data: bytes) -> Message | None:
+        return (await self._parse(data))[0]
 
     def _created(self, store_id: int) -> web.Response:
         message_uuid = self.ids.to_uuid(store_id)
@@ -297,7 +306,7 @@ class EdiApi:
         post = parse_post_message(await self._json_body(call))
         registry = self.registry()
         principal = call.principal
-        facts = await self._read_facts(post.document)
+        facts, tree = await self._parse(post.document)
         sender = facts.sender.her_id if facts is not None else None
         if sender is not None:
             root = principal.root_for(sender, registry)
@@ -312,7 +321,7 @@ class EdiApi:
         if post.receivers_subset is not None and facts is not None:
             self._check_subset(post.receivers_subset, facts)
         result = await self.pipeline.from_local(
-            post.document, source=f"api:{principal.name}", sender_her=root
+            post.document, source=f"api:{principal.name}", sender_her=root, parsed=tree
         )
         if not result.accepted or result.message_id is None:
             return self._refused(call, result)
