@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 from yarl import URL
 
@@ -279,11 +279,20 @@ class AmqpTransport:
             except asyncio.CancelledError:
                 raise
             except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+                # Also a refused queue declaration (PRECONDITION_FAILED: the queue exists with
+                # other arguments) lands here; its text says so.
                 log.warning(
-                    "%s: broker %s unreachable (%s); next try in %.1f s",
+                    "%s: broker %s unreachable or refusing (%s); next try in %.1f s",
                     self.name,
                     self._where,
                     _clean(exc, 300) or type(exc).__name__,
+                    delay,
+                )
+            except Exception:
+                log.exception(
+                    "%s: setting up the connection to %s failed; next try in %.1f s",
+                    self.name,
+                    self._where,
                     delay,
                 )
             finally:
@@ -298,7 +307,7 @@ class AmqpTransport:
                 await asyncio.wait_for(self._stopping.wait(), delay * self._rng.uniform(0.8, 1.2))
             delay = min(delay * 2, self.reconnect_max)
 
-    async def _setup(self, connection: AbstractRobustConnection, lost: asyncio.Event) -> None:
+    async def _setup(self, connection: AbstractConnection, lost: asyncio.Event) -> None:
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
         publisher.close_callbacks.add(lambda *_: lost.set())
         consumer = await connection.channel(publisher_confirms=False)
