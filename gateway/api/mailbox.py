@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -69,9 +70,16 @@ class Mailbox:
         self._unread: dict[int, dict[int, Entry]] = {}
         self._loaded: dict[int, float] = {}  # HER-id -> when its index was built
         self._locks: dict[int, asyncio.Lock] = {}
+        self._delivery_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def _lock(self, her: int) -> asyncio.Lock:
         return self._locks.setdefault(her, asyncio.Lock())
+
+    def _delivery_lock(self, delivery_id: int) -> asyncio.Lock:
+        lock = self._delivery_locks.get(delivery_id)
+        if lock is None:
+            lock = self._delivery_locks[delivery_id] = asyncio.Lock()
+        return lock
 
     @staticmethod
     def _was_read(events: Iterable[Event], delivery_id: int) -> bool:
@@ -146,7 +154,10 @@ class Mailbox:
     async def mark_read(self, message_id: int, delivery: DeliveryRecord, who: str) -> bool:
         """Record that `delivery` was read; False if it already was (then nothing is written)."""
         her = delivery.receiver_her
-        async with self._lock(her):
+        # Only requests for the same delivery wait for one another. The write waits for a commit
+        # (an fsync); under the HER-id's lock, every read of a busy receiver waited for the one
+        # before it, and the deliveries to it behind them.
+        async with self._delivery_lock(delivery.id):
             already = self._was_read(await self.store.events(message_id), delivery.id)
             if not already:
                 await self.store.apply(
@@ -163,7 +174,10 @@ class Mailbox:
                         ]
                     )
                 )
-            self._unread.get(her, {}).pop(delivery.id, None)
+            # Once the read event is stored: a rebuild of the index (under the HER-id's lock) either
+            # sees the event or is followed by this.
+            async with self._lock(her):
+                self._unread.get(her, {}).pop(delivery.id, None)
         return not already
 
 
