@@ -44,12 +44,15 @@ def load_or_create_key(path: Path) -> bytes:
 
 class MessageIds:
     def __init__(self, key: bytes):
-        self._cipher = Cipher(algorithms.AES(key), modes.ECB())  # one block, one id: no chaining needed
+        cipher = Cipher(algorithms.AES(key), modes.ECB())  # one block, one id: no chaining needed
+        # ECB keeps no state between blocks, so one context serves every id: a new one per id cost
+        # more than the encryption (GET /Messages makes up to a hundred ids per request).
+        self._encryptor = cipher.encryptor()
+        self._decryptor = cipher.decryptor()
 
     def to_uuid(self, store_id: int) -> str:
         block = MARKER + int(store_id).to_bytes(8, "big")
-        encryptor = self._cipher.encryptor()
-        return str(uuid.UUID(bytes=encryptor.update(block) + encryptor.finalize()))
+        return str(uuid.UUID(bytes=self._encryptor.update(block)))
 
     def from_uuid(self, value: str) -> int | None:
         """The store id, or None for anything that is not one of our ids (including non-UUIDs)."""
@@ -57,8 +60,7 @@ class MessageIds:
             raw = uuid.UUID(value).bytes
         except (ValueError, TypeError, AttributeError):
             return None
-        decryptor = self._cipher.decryptor()
-        block = decryptor.update(raw) + decryptor.finalize()
+        block = self._decryptor.update(raw)
         if block[:8] != MARKER:
             return None
         return int.from_bytes(block[8:], "big")

@@ -22,6 +22,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from gateway.api.mapping import gen_datetime
 from gateway.lifecycle import Actor, DeliveryState
@@ -53,7 +54,7 @@ class Entry:
     delivery_id: int
     receiver_her: int
 
-    @property
+    @cached_property  # every GET /Messages sorts all unread entries of the HER-ids it asks for
     def sort_key(self) -> tuple[float, int]:
         gen = gen_datetime(self.message.summary.get("gen_date"))
         return (gen.timestamp() if gen is not None else self.message.received_at, self.delivery_id)
