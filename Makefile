@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/crypto.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/scale.py
 
 # The demo network: the hospital trust's gateway on :8080, the municipalities' on :8081.
