@@ -391,3 +391,34 @@ def test_crl_files_are_reread_when_they_change(pki: Pki, municipality, tmp_path)
     path.write_bytes(pki.crl.public_bytes(serialization.Encoding.PEM) + b"\n")
     error = refused(pki, data, municipality, [revoked.cert], checker=pki.checker(crl_source=source))
     assert error.kind is FailureKind.REVOKED
+
+
+def test_signed_data_is_what_peers_expect(pki, hospital):
+    """Our hand-written SignedData, read back by asn1crypto's typed CMS classes: v1, SHA-256,
+    content embedded, our certificate, signed attributes content type, signing time and digest."""
+    from asn1crypto import cms
+    from cryptography.hazmat.primitives import hashes
+
+    from gateway.protection.signed import sign
+
+    at = dt.datetime(2026, 11, 23, 12, 30, 5, tzinfo=dt.UTC)
+    signed = cms.ContentInfo.load(sign(MESSAGE, hospital[0], at=at))
+    assert signed["content_type"].native == "signed_data"
+    data = signed["content"]
+    assert data["version"].native == "v1"
+    assert [a["algorithm"].native for a in data["digest_algorithms"]] == ["sha256"]
+    assert data["encap_content_info"]["content"].native == MESSAGE
+    assert [c.dump() for c in data["certificates"]] == [
+        hospital[0].cert.public_bytes(serialization.Encoding.DER)
+    ]
+    (info,) = data["signer_infos"]
+    assert info["sid"].chosen["serial_number"].native == hospital[0].cert.serial_number
+    assert info["signature_algorithm"]["algorithm"].native == "rsassa_pkcs1v15"
+    attrs = {a["type"].native: a["values"][0].native for a in info["signed_attrs"]}
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(MESSAGE)
+    assert attrs == {"content_type": "data", "signing_time": at, "message_digest": digest.finalize()}
+    # The signature is over the DER of the attributes as a SET.
+    hospital[0].cert.public_key().verify(
+        info["signature"].native, info["signed_attrs"].untag().dump(), padding.PKCS1v15(), hashes.SHA256()
+    )

