@@ -41,6 +41,17 @@ class SchemaSet:
     def covers(self, namespace: str | None) -> bool:
         return (namespace or "") in self.entries
 
+    @property
+    def only_built_in(self) -> bool:
+        """Every schema is ours: MsgHead's Content wildcard is strict, and nothing is imported from
+        outside the catalog, so a document that passes XSD has a schema for all of its content."""
+        cached = self.__dict__.get("_only_built_in")
+        if cached is None:
+            cached = self.__dict__["_only_built_in"] = all(
+                e.source == BUILT_IN for e in self.entries.values()
+            )
+        return cached
+
     def xsd_errors(self, tree: etree._ElementTree | etree._Element) -> list:
         """lxml error-log entries; empty when the document is valid."""
         # An XMLSchema keeps its error log on the instance, so calls must not interleave.

@@ -87,6 +87,13 @@ class Validator:
             result.message = _addressable(root, kind)
             return result
         errors = self.schemas.xsd_errors(tree)
+        # A content namespace without schema is T10, not T02. With only our schemas, MsgHead's
+        # strict Content wildcard already refused it, so the content is only looked at on failure.
+        if kind.root == "MsgHead" and (errors or not self.schemas.only_built_in):
+            result.problems = self._content_coverage(root)
+            if result.problems:
+                result.message = _addressable(root, kind)
+                return result
         if errors:
             result.problems = [self._xsd_problem(tree, e) for e in errors[:MAX_XSD_PROBLEMS]]
             if len(errors) > MAX_XSD_PROBLEMS:
@@ -127,19 +134,21 @@ class Validator:
                     path=f"/{qname.localname}",
                 )
             ]
-        problems = []
         if not self.schemas.covers(qname.namespace):
-            problems.append(self._no_schema(kind.title, qname.namespace, root))
-        if kind.root == "MsgHead":
-            for content in _contents(root):
-                for child in content:
-                    if not isinstance(child.tag, str):
-                        continue
-                    ns = split_tag(child.tag)[0]
-                    if not self.schemas.covers(ns):
-                        content_kind = kind_of(ns)
-                        title = content_kind.title if content_kind else f"<{etree.QName(child).localname}>"
-                        problems.append(self._no_schema(title, ns, child))
+            return [self._no_schema(kind.title, qname.namespace, root)]
+        return []
+
+    def _content_coverage(self, root: etree._Element) -> list[Problem]:
+        problems = []
+        for content in _contents(root):
+            for child in content:
+                if not isinstance(child.tag, str):
+                    continue
+                ns = split_tag(child.tag)[0]
+                if not self.schemas.covers(ns):
+                    content_kind = kind_of(ns)
+                    title = content_kind.title if content_kind else f"<{etree.QName(child).localname}>"
+                    problems.append(self._no_schema(title, ns, child))
         return problems
 
     @staticmethod

@@ -152,16 +152,18 @@ def _her_elements(root: etree._Element, family: Family):
                             yield (id_el.text or "").strip(), id_el
 
 
+def _well_formed_her(value: str) -> bool:
+    return value.isdigit() and int(value) > 0
+
+
 def _check_her_ids(root: etree._Element, family: Family, message: Message) -> list[Problem]:
     problems = []
-    addresses = [message.sender, message.receiver, *(c.address for c in message.copies)]
-    bad = {
-        her
-        for address in addresses
-        for level in address.levels
-        for ident in level.idents
-        if ident.type == "HER" and not ((her := ident.id).isdigit() and int(her) > 0)
-    }
+    bad = set()
+    for address in (message.sender, message.receiver, *(c.address for c in message.copies)):
+        for level in address.levels:
+            for ident in level.idents:
+                if ident.type == "HER" and not _well_formed_her(ident.id):
+                    bad.add(ident.id)
     if bad:
         for value, element in _her_elements(root, family):
             if value in bad:
