@@ -23,11 +23,13 @@ routing facts, as Helsenorge's do: fromHerId, toHerId, applicationTimeStamp, the
 Receiving: the `_async` queues of the HER-ids this gateway serves are consumed; each message goes
 to `Inbound.from_peer` and is acknowledged only after the pipeline has answered that it stored
 it durably (or already had it). A peer receipt that refuses it (cannot decrypt, spoofing) sends an
-error report to the sender's `_error` queue and dead-letters the message. While the store is
-unavailable a message is held, unacknowledged, and tried again in place: a database outage does
-not count towards dead-lettering. A message the gateway cannot take now for another reason
-(revocation status unknown, a bug) goes back to the queue after a growing pause; after
-`max_redeliveries` deliveries the broker dead-letters it.
+error report to the sender's `_error` queue and dead-letters the message: reported first, so no
+refusal goes unreported, and reported again if the message comes back because the connection was
+lost (or the gateway stopped) before it was dead-lettered; error reports are at least once.
+While the store is unavailable a message is held, unacknowledged, and tried again in place: a
+database outage does not count towards dead-lettering. A message the gateway cannot take now for
+another reason (revocation status unknown, a bug) goes back to the queue after a growing pause;
+after `max_redeliveries` deliveries the broker dead-letters it.
 
 Error reports arriving on our own `_error` queues are recorded on the delivery they are about
 (it becomes DEAD with the receiver's reason) when a store is given.
