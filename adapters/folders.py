@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import hashlib
 import logging
 import os
 import re
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -173,6 +175,52 @@ def _same_bytes(path: Path, data: bytes) -> bool:
 
 
 LEDGER = ".delivered"
+# renameat2(2): RENAME_NOREPLACE fails with EEXIST instead of replacing the target; AT_FDCWD: paths as given.
+RENAME_NOREPLACE = 1
+AT_FDCWD = -100
+
+
+def _load_renameat2():
+    """libc's renameat2, where there is one (Linux with glibc 2.28 or later)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path`, never replacing a file at `path` (FileExistsError instead).
+
+    One rename makes the file visible and takes the temporary name away in the same step: that is
+    how a retry after a crash can tell whether the local system was handed the file. Where the
+    kernel or the file system cannot rename without replacing, a hard link is made and the
+    temporary name removed after it; a retry then recognises the link while the file is in place
+    or was moved within the file system (by its link count), but not once it has been deleted.
+    """
+    if _renameat2 is not None:
+        if _renameat2(AT_FDCWD, os.fsencode(tmp), AT_FDCWD, os.fsencode(path), RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), str(path))  # EEXIST: FileExistsError
+    try:
+        os.link(tmp, path)  # a hard link never replaces an existing file either
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+        os.rename(tmp, path)  # file systems without hard links (some shares)
+        return
+    os.unlink(tmp)
 
 
 def _ledger_marker(folder: Path, name: str) -> Path:
@@ -180,22 +228,31 @@ def _ledger_marker(folder: Path, name: str) -> Path:
     return folder.parent / LEDGER / f"{name}.sha256"
 
 
-def _recorded(folder: Path, name: str, data: bytes) -> Path | None:
-    """The path an earlier attempt delivered these exact bytes to, if any (the ledger)."""
+def _ledger_entry(folder: Path, name: str, digest: str) -> tuple[str, str | None] | None:
+    """What the ledger holds for these bytes under `name`: the file name they were delivered as and,
+    when the entry was written just before that, the temporary file they were to be renamed from."""
     try:
-        text = _ledger_marker(folder, name).read_text(encoding="utf-8")
+        fields = _ledger_marker(folder, name).read_text(encoding="utf-8").split()
     except FileNotFoundError:
         return None
-    digest, _, written = text.strip().partition(" ")
-    return folder / written if written and digest == hashlib.sha256(data).hexdigest() else None
+    if len(fields) < 2 or fields[0] != digest:
+        return None
+    return fields[1], (fields[2] if len(fields) > 2 else None)
 
 
-def _record(folder: Path, name: str, data: bytes, path: Path) -> None:
+def _record(folder: Path, name: str, digest: str, written: str, tmp: str | None = None) -> None:
+    """Write the ledger entry for `name`; with `tmp`, durably, before `tmp` is renamed to `written`."""
     marker = _ledger_marker(folder, name)
     marker.parent.mkdir(exist_ok=True)
-    tmp = marker.with_name(f".{marker.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(f"{hashlib.sha256(data).hexdigest()} {path.name}\n", encoding="utf-8")
-    os.replace(tmp, marker)
+    temporary = marker.with_name(f".{marker.name}.{secrets.token_hex(4)}.tmp")
+    with open(temporary, "x", encoding="utf-8") as f:
+        f.write(f"{digest} {written}{f' {tmp}' if tmp else ''}\n")
+        if tmp:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(temporary, marker)
+    if tmp:
+        _fsync_dir(marker.parent)
 
 
 def _deliver_file(folder: Path, name: str, data: bytes) -> tuple[Path, bool]:
@@ -204,48 +261,72 @@ def _deliver_file(folder: Path, name: str, data: bytes) -> tuple[Path, bool]:
     A delivery interrupted after the file became visible (the gateway killed before it recorded the
     receipt) is tried again later, and by then the local system may have taken the file away. The
     ledger remembers what was delivered, so the retry says "already delivered" instead of handing the
-    same message over twice. Left open is only the instant between the link and the ledger write,
-    with no await and no other I/O in between.
+    same message over twice. Its entry is written, and synced, before the file becomes visible: it
+    names the temporary file and the name that file is to get, and one rename then makes the file
+    visible and takes the temporary file away. So whichever step a kill interrupts, a retry that
+    finds the entry knows: the temporary file gone means handed over; still there means not yet,
+    and the retry finishes the job with it. (Written after the file became visible, the entry would
+    leave a window in which a kill hands the same file over twice.)
     """
     if not folder.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such folder", str(folder))
-    earlier = _recorded(folder, name, data)
-    if earlier is not None:
-        return earlier, True
-    stem, ext = os.path.splitext(name)
-    for n in range(1, MAX_SUFFIX + 1):
-        candidate = name if n == 1 else f"{stem}-{n}{ext}"
-        path = folder / candidate
-        if _same_bytes(path, data):
-            _record(folder, name, data, path)
-            return path, True
-        if path.exists() or path.is_symlink():
-            continue
-        tmp = folder / f".{candidate}.{secrets.token_hex(4)}.tmp"
+    digest = hashlib.sha256(data).hexdigest()
+    tmp: Path | None = None
+    entry = _ledger_entry(folder, name, digest)
+    if entry is not None:
+        written, pending = entry
+        if pending is None:
+            return folder / written, True
+        leftover = folder / pending
         try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            links = os.lstat(leftover).st_nlink
+        except FileNotFoundError:
+            return folder / written, True  # renamed into place: handed over
+        if links > 1:
+            # Linked into place (no rename without replacing here); killed before the unlink.
+            leftover.unlink()
+            return folder / written, True
+        if _same_bytes(leftover, data):
+            tmp = leftover  # written and synced before the entry named it: finish with it
+        # Otherwise it is not ours after all: left alone (removing it while the entry names it
+        # would make the entry say "handed over"), it stops mattering with the next entry.
+    named = tmp is not None  # the ledger names the temporary file: it stays until it is renamed
+    stem, ext = os.path.splitext(name)
+    try:
+        for n in range(1, MAX_SUFFIX + 1):
+            candidate = name if n == 1 else f"{stem}-{n}{ext}"
+            path = folder / candidate
+            if _same_bytes(path, data):
+                _record(folder, name, digest, candidate)
+                named = False
+                return path, True
+            if os.path.lexists(path):
+                continue
+            if tmp is None:
+                tmp = folder / f".{candidate}.{secrets.token_hex(4)}.tmp"
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                _fsync_dir(folder)  # on disk before the ledger names it
+            _record(folder, name, digest, candidate, tmp.name)
+            named = True
             try:
-                # A hard link never replaces an existing file, unlike rename: a file with this name
-                # that appeared meanwhile keeps its bytes and we move on to the next name.
-                os.link(tmp, path)
+                _move_into_place(tmp, path)
             except FileExistsError:
+                # A file with this name appeared meanwhile: it keeps its bytes, ours take the next name.
                 if _same_bytes(path, data):
+                    _record(folder, name, digest, candidate)
+                    named = False
                     return path, True
                 continue
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-                    raise
-                os.replace(tmp, path)  # file systems without hard links (some shares)
-        finally:
+            tmp = None
+            _fsync_dir(folder)
+            return path, False
+    finally:
+        if tmp is not None and not named:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        _record(folder, name, data, path)
-        _fsync_dir(folder)
-        _fsync_dir(folder.parent / LEDGER)
-        return path, False
     raise OSError(errno.EEXIST, f"{MAX_SUFFIX} files named like {name} already there", str(folder))
 
 

@@ -156,11 +156,14 @@ def read_folder(net: Net, her_id: int, received: Received) -> int:
     handled = 0
     for path in sorted(system.in_dir.glob("*.xml")):
         data = path.read_bytes()
-        os.replace(path, system.read_dir / f"{uuid.uuid4().hex[:12]}-{path.name}")
+        taken = f"{uuid.uuid4().hex[:12]}-{path.name}"
+        os.replace(path, system.read_dir / taken)
         handled += 1
         message = read_message(parse_xml(data))
         if message.msg_type == "APPREC":
-            received.apprecs[message.apprec.original_msg_id].add(f"{path.name}:{message.msg_id}")
+            # Every file counts, like business messages: the same AppRec handed over twice under the
+            # same name is two hand-overs (keyed by its name alone, the second copy went unseen).
+            received.apprecs[message.apprec.original_msg_id].add(f"{taken}:{message.msg_id}")
             continue
         received.files[message.msg_id] += 1
         apprec = build_apprec(message, AppRecStatus.OK, [], software=(system.name, "tests"))
