@@ -302,13 +302,14 @@ class MemoryStore:
             self.commits += 1
         return out
 
-    async def release_expired_leases(self, now: float) -> int:
+    async def release_expired_leases(self, now: float, *, expired_by: float | None = None) -> int:
         self._check_open()
+        limit = now if expired_by is None else expired_by
         resumed = check_delivery(DeliveryState.SENDING, DeliveryState.QUEUED)
         count = 0
         for delivery_id in sorted(self._deliveries):
             d = self._deliveries[delivery_id]
-            if d.state != DeliveryState.SENDING or (d.lease_until is not None and d.lease_until > now):
+            if d.state != DeliveryState.SENDING or (d.lease_until is not None and d.lease_until > limit):
                 continue
             owner = d.lease_owner
             d.state = DeliveryState.QUEUED

@@ -427,7 +427,7 @@ SQL_CLAIM = f"""
 SQL_RELEASE = f"""
     WITH expired AS (
         SELECT id, lease_owner FROM deliveries
-        WHERE state = 'sending' AND (lease_until IS NULL OR lease_until <= $1)
+        WHERE state = 'sending' AND (lease_until IS NULL OR lease_until <= $4)
         ORDER BY id
         FOR UPDATE SKIP LOCKED
     ), released AS (
@@ -942,10 +942,11 @@ class PostgresStore:
         return out
 
     @_translated
-    async def release_expired_leases(self, now: float) -> int:
+    async def release_expired_leases(self, now: float, *, expired_by: float | None = None) -> int:
         pool = self._pool_or_fail()
         resumed = check_delivery(DeliveryState.SENDING, DeliveryState.QUEUED)
-        count = await pool.fetchval(SQL_RELEASE, now, str(resumed.actor), resumed.trigger)
+        limit = now if expired_by is None else expired_by
+        count = await pool.fetchval(SQL_RELEASE, now, str(resumed.actor), resumed.trigger, limit)
         if count:
             self._poke()
         return count

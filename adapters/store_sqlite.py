@@ -1054,13 +1054,14 @@ class SqliteStore:
             out.append(Claimed(delivery, message))
         return out
 
-    async def release_expired_leases(self, now: float) -> int:
-        return await self._write(lambda conn: self._release(conn, now))
+    async def release_expired_leases(self, now: float, *, expired_by: float | None = None) -> int:
+        limit = now if expired_by is None else expired_by
+        return await self._write(lambda conn: self._release(conn, now, limit))
 
-    def _release(self, conn: sqlite3.Connection, now: float) -> int:
+    def _release(self, conn: sqlite3.Connection, now: float, limit: float) -> int:
         resumed = check_delivery(DeliveryState.SENDING, DeliveryState.QUEUED)
         count = 0
-        for delivery_id, message_id, owner in conn.execute(SQL_EXPIRED_LEASES, (now,)).fetchall():
+        for delivery_id, message_id, owner in conn.execute(SQL_EXPIRED_LEASES, (limit,)).fetchall():
             if conn.execute(SQL_RELEASE_ONE, (now, delivery_id)).rowcount:
                 conn.execute(
                     SQL_INSERT_EVENT,

@@ -150,7 +150,8 @@ class Gateway:
         # its lease would have run out: a single node owns all of its leases. In a store several
         # nodes share, the other nodes' leases are live: there, leases come back only by expiring.
         if not getattr(self.store, "shared", False):
-            await self.store.release_expired_leases(time.time() + c.delivery.lease_seconds + 1)
+            now = time.time()
+            await self.store.release_expired_leases(now, expired_by=now + c.delivery.lease_seconds + 1)
         self._build_transports()
         self.dispatcher = Dispatcher(
             config=c,

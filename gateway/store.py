@@ -244,8 +244,9 @@ class Store(Protocol):
         gets an event. Deliveries to `exclude_receivers` (open circuits) are skipped.
         """
 
-    async def release_expired_leases(self, now: float) -> int:
-        """Put sending deliveries whose lease ran out back to queued (resumed after restart)."""
+    async def release_expired_leases(self, now: float, *, expired_by: float | None = None) -> int:
+        """Put sending deliveries whose lease ran out by ``expired_by`` (default: ``now``) back to
+        queued (resumed after restart); ``now`` is when that happens, for the events and rows."""
 
     async def get_message(self, message_id: int, with_payload: bool = False) -> MessageRecord | None: ...
 

@@ -539,6 +539,17 @@ async def test_release_expired_leases(store):
     assert again.delivery.id == c.delivery.id and again.delivery.lease_owner == "node-b"
 
 
+async def test_release_at_restart_takes_live_leases_but_stamps_the_present(store):
+    # A single node starting up takes back all of its leases, live ones too; the events and rows
+    # must say when that happened, not the future moment used as the threshold.
+    applied = await submit(store, "m1")
+    await store.claim("https", NOW, 1, "node-a", 30)
+    assert await store.release_expired_leases(NOW + 5, expired_by=NOW + 31) == 1
+    (d,) = await store.deliveries(applied.message_id)
+    assert (d.state, d.updated_at) == (D.QUEUED, NOW + 5)
+    assert (await store.events(applied.message_id))[-1].at == NOW + 5
+
+
 # --- timers' queries -----------------------------------------------------------------------------
 
 
