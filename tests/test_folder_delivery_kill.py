@@ -21,7 +21,9 @@ import pytest
 import adapters.folders as folders
 from adapters.folders import _deliver_file
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL")
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "fork"), reason="needs os.fork and SIGKILL (a POSIX system such as Linux)"
+)
 
 NAME = "dialog_notat-4a4f0a5e.xml"
 DATA = b"<MsgHead>once</MsgHead>"
@@ -94,7 +96,9 @@ def test_a_delivery_killed_at_any_step_reaches_the_local_system_once(
     if no_replace == "link":  # a system or file system without rename-without-replacing
         monkeypatch.setattr(folders, "_renameat2", None)
     elif folders._renameat2 is None:
-        pytest.skip("no renameat2 here")
+        pytest.skip(
+            "libc has no renameat2 (needs Linux with glibc 2.28 or later); the hard-link path is tested"
+        )
     first, first_completed = 0, False
     while not first_completed:
         first += 1
