@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import tomllib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from lxml import etree
@@ -41,16 +41,11 @@ class SchemaSet:
     def covers(self, namespace: str | None) -> bool:
         return (namespace or "") in self.entries
 
-    @property
+    @cached_property
     def only_built_in(self) -> bool:
         """Every schema is ours: MsgHead's Content wildcard is strict, and nothing is imported from
         outside the catalog, so a document that passes XSD has a schema for all of its content."""
-        cached = self.__dict__.get("_only_built_in")
-        if cached is None:
-            cached = self.__dict__["_only_built_in"] = all(
-                e.source == BUILT_IN for e in self.entries.values()
-            )
-        return cached
+        return all(e.source == BUILT_IN for e in self.entries.values())
 
     def xsd_errors(self, tree: etree._ElementTree | etree._Element) -> list:
         """lxml error-log entries; empty when the document is valid."""
