@@ -37,21 +37,26 @@ def make_pki(directory: Path) -> Path:
     return directory
 
 
-def free_base_port() -> int:
-    """Two consecutive free ports on 127.0.0.1."""
+def free_base_port(offsets: tuple[int, ...] = (0, 1)) -> int:
+    """A port on 127.0.0.1 such that it and every port at the given offsets from it are free."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port > 60000:
+        if port + max(offsets) > 60000:
             continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
+        if all(_bindable(port + offset) for offset in offsets if offset):
+            return port
     raise RuntimeError("no free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):

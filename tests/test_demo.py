@@ -11,6 +11,8 @@ import sys
 
 from e2e import REPO, free_base_port, wait_for
 
+from gateway.ui.demo import UI_PORT_OFFSET
+
 
 def _log(config: str) -> list[dict]:
     proc = subprocess.run(
@@ -27,7 +29,7 @@ def test_demo_runs_plays_traffic_and_stops_on_ctrl_c(tmp_path, demo_pki):
     directory = tmp_path / "demo"
     directory.mkdir()
     shutil.copytree(demo_pki / "pki", directory / "pki")  # the PKI would otherwise take seconds
-    port = free_base_port()
+    port = free_base_port(offsets=(0, 1, UI_PORT_OFFSET, UI_PORT_OFFSET + 1))  # gateways and their UIs
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -64,6 +66,7 @@ def test_demo_runs_plays_traffic_and_stops_on_ctrl_c(tmp_path, demo_pki):
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
+        print(out[-8000:])  # pytest shows it when the test fails
     assert proc.returncode == 0, out
     assert "demo stopped" in out
     leftover = subprocess.run(["pgrep", "-f", f"--config {directory}"], capture_output=True, text=True)
