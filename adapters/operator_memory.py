@@ -16,10 +16,10 @@ class MemoryOperatorStore:
         self._audit: list[AuditEntry] = []
 
     async def open(self) -> None:
-        pass
+        """Nothing to open: everything lives in this process (for tests)."""
 
     async def close(self) -> None:
-        pass
+        """Nothing to close."""
 
     async def add_user(self, user: User) -> None:
         if user.name in self._users:

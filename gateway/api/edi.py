@@ -63,11 +63,11 @@ class Forbidden(Exception):
 
 
 class NotFound(Exception):
-    pass
+    """No such message for this client: unknown, or neither from nor to its HER-ids (both 404)."""
 
 
 class TooLarge(Exception):
-    pass
+    """A request body over the size limit (413)."""
 
 
 @dataclass

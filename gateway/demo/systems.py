@@ -225,7 +225,7 @@ class SimulatedSystem:
 
 
 class ApiError(Exception):
-    pass
+    """The gateway's API answered a simulated system with an error status."""
 
 
 class ApiSystem:

@@ -102,7 +102,7 @@ class Throttle:
 
 
 class LoginError(Exception):
-    pass
+    """A refused login; the text is what the login page shows (never which part was wrong)."""
 
 
 class Auth:

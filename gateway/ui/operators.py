@@ -30,7 +30,7 @@ def at_least(role: Role | str, wanted: Role) -> bool:
 
 
 class UserExists(Exception):
-    pass
+    """Adding a user whose name is taken."""
 
 
 @dataclass

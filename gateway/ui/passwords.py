@@ -18,7 +18,7 @@ _DUMMY = _HASHER.hash("komut: no such user, but take as long as if there were")
 
 
 class WeakPassword(ValueError):
-    pass
+    """A new password that does not meet the policy; the text says which rule it breaks."""
 
 
 def check_policy(password: str) -> None:
