@@ -539,6 +539,8 @@ class _Job:
 
 
 _STOP = object()
+_LARGE = object()  # a payload too large to read on the event loop thread
+MESSAGE_SIZE_COLUMN = 1 + MESSAGE_COLUMNS.index("size")  # in rows of SQL_SELECT_MESSAGE (id first)
 
 
 class SqliteStore:
@@ -1083,15 +1085,25 @@ class SqliteStore:
     # --- simple reads --------------------------------------------------------------------------
 
     async def get_message(self, message_id: int, with_payload: bool = False) -> MessageRecord | None:
-        def read(conn):
+        def read(conn, inline: bool):
             row = conn.execute(SQL_MESSAGE_BY_ID, (message_id,)).fetchone()
-            if row is None:
-                return None, None
-            payload = conn.execute(SQL_PAYLOAD, (message_id,)).fetchone() if with_payload else None
-            return row, None if payload is None else decompress(*payload)
+            if row is None or not with_payload:
+                return row, None
+            if inline and row[MESSAGE_SIZE_COLUMN] > OFF_LOOP_BYTES:
+                return row, _LARGE
+            payload = conn.execute(SQL_PAYLOAD, (message_id,)).fetchone()
+            if payload is None:
+                return row, None
+            if inline and len(payload[1]) > OFF_LOOP_BYTES // 8:
+                return row, _LARGE
+            return row, decompress(*payload)
 
-        # A payload may be large (decompressing it would hold the event loop): a reader thread.
-        row, payload = await (self._read(read) if with_payload else self._lookup(read))
+        # A small payload is read and decompressed on the calling thread, like any lookup: a
+        # reader-thread hand-off costs more CPU than that. A large one would hold the event loop:
+        # it is read again on a reader thread.
+        row, payload = await self._lookup(lambda conn: read(conn, True))
+        if payload is _LARGE:
+            row, payload = await self._read(lambda conn: read(conn, False))
         return None if row is None else _message(row, payload)
 
     async def find_message(self, dedupe_key: str) -> MessageRecord | None:

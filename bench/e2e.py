@@ -28,7 +28,8 @@ gateway, decrypt at the receiver's), a round trip four. openssl speed runs on on
 Every throughput is printed as a ratio to both.
 
     python bench/e2e.py [--loads 10,25,50] [--seconds 12] [--saturation 20] [--window 128]
-                        [--profile DIR [--profile-folders]] [--delivery KEY=VALUE] [--keep DIR] [--json]
+                        [--phases one-hop,folders,round-trip] [--profile DIR [--profile-folders]]
+                        [--delivery KEY=VALUE] [--keep DIR] [--json]
 
 --profile runs py-spy (pip install py-spy) on both gateways during one saturation phase and prints
 where their time goes by category (busy samples of all threads: waiting in fsync counts as busy).
@@ -673,6 +674,8 @@ async def bench(args, directory: Path) -> dict:
             for rate in args.loads:
                 phases.append(await runner.run_offered(rate, args.seconds))
             for folder in (False, True):
+                if ("folders" if folder else "one-hop") not in args.phases:
+                    continue
                 if args.profile and folder == args.profile_folders:
                     profilers = start_profilers(gateways, args.profile, args.saturation + args.warmup)
                 phases.append(
@@ -681,7 +684,8 @@ async def bench(args, directory: Path) -> dict:
                 for p in profilers:
                     p.wait(60)
                 profilers = []
-            phases.append(await runner.run_saturation(args.saturation, args.warmup, round_trip=True))
+            if "round-trip" in args.phases:
+                phases.append(await runner.run_saturation(args.saturation, args.warmup, round_trip=True))
         finally:
             await runner.stop()
         stats = {}
@@ -833,6 +837,11 @@ def main() -> int:
     ap.add_argument("--loads", default="10,25,50", help="fixed offered loads, msg/s in total")
     ap.add_argument("--seconds", type=float, default=12, help="per fixed load")
     ap.add_argument("--saturation", type=float, default=20, help="measured seconds per saturation phase")
+    ap.add_argument(
+        "--phases",
+        default="one-hop,folders,round-trip",
+        help="saturation phases to run (one-hop, folders, round-trip), comma-separated",
+    )
     ap.add_argument("--warmup", type=float, default=3, help="seconds before a saturation phase is measured")
     ap.add_argument("--window", type=int, default=128, help="messages in flight per direction at saturation")
     ap.add_argument("--openssl-seconds", type=int, default=3)
@@ -851,6 +860,10 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.loads = [float(x) for x in args.loads.split(",") if x.strip()]
+    args.phases = {x.strip() for x in args.phases.split(",") if x.strip()}
+    unknown = args.phases - {"one-hop", "folders", "round-trip"}
+    if unknown:
+        ap.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
     if args.keep:
         directory = Path(args.keep).resolve()
         if directory.exists():

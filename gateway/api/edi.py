@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from lxml import etree
 
 from gateway.api.auth import Authenticator, AuthError, Principal
 from gateway.api.ids import MessageIds, is_uuid, load_or_create_key
@@ -42,6 +41,7 @@ from gateway.api.mapping import (
 from gateway.api.ratelimit import RateLimiter
 from gateway.api.settings import ApiSettings, parse_api_settings
 from gateway.store import DeliveryRecord, MessageRecord, StoreUnavailable
+from gateway.validation import ValidationResult
 from message_types.apprec import build_apprec
 from message_types.model import Message
 from message_types.problems import InvalidMessage
@@ -270,24 +270,29 @@ class EdiApi:
             raise Forbidden(denied)
 
     @staticmethod
-    async def _parse(data: bytes) -> tuple[Message | None, etree._ElementTree | None]:
-        """Who the document says it is from, before the pipeline sees it (None if unreadable), and
-        the parsed tree, which the pipeline validates instead of parsing again."""
+    async def _read_facts(data: bytes) -> Message | None:
+        """Who a stored document says it is from (None if unreadable)."""
 
-        def read() -> tuple[Message | None, etree._ElementTree | None]:
+        def read() -> Message | None:
             try:
-                tree = parse_xml(data)
-            except InvalidMessage:
-                return None, None
-            try:
-                return read_message(tree), tree
+                return read_message(parse_xml(data))
             except (InvalidMessage, ValueError):
-                return None, tree
+                return None
 
         return read() if len(data) <= INLINE_PARSE_BYTES else await asyncio.to_thread(read)
 
-    async def _read_facts(self, data: bytes) -> Message | None:
-        return (await self._parse(data))[0]
+    async def _validate(self, data: bytes) -> tuple[Message | None, ValidationResult]:
+        """The pipeline's validation of a document to send, done here once so that the sender can
+        be checked first, and who the document says it is from (None if unreadable). A refused
+        document's facts are read as far as they go, as `_read_facts` reads them."""
+        result = await self.pipeline.validate(data)
+        facts = result.message
+        if facts is None and result.tree is not None:
+            try:
+                facts = read_message(result.tree)
+            except (InvalidMessage, ValueError):
+                facts = None
+        return facts, result
 
     def _created(self, store_id: int) -> web.Response:
         message_uuid = self.ids.to_uuid(store_id)
@@ -306,7 +311,7 @@ class EdiApi:
         post = parse_post_message(await self._json_body(call))
         registry = self.registry()
         principal = call.principal
-        facts, tree = await self._parse(post.document)
+        facts, validated = await self._validate(post.document)
         sender = facts.sender.her_id if facts is not None else None
         if sender is not None:
             root = principal.root_for(sender, registry)
@@ -321,7 +326,7 @@ class EdiApi:
         if post.receivers_subset is not None and facts is not None:
             self._check_subset(post.receivers_subset, facts)
         result = await self.pipeline.from_local(
-            post.document, source=f"api:{principal.name}", sender_her=root, parsed=tree
+            post.document, source=f"api:{principal.name}", sender_her=root, validated=validated
         )
         if not result.accepted or result.message_id is None:
             return self._refused(call, result)
