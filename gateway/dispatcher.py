@@ -77,6 +77,12 @@ class Breakers:
         }
 
 
+def apprec_due_at(config: Config, msg_type: str, delivered_at: float) -> float:
+    """When the AppRec for a message delivered at `delivered_at` is missed (per-type timeouts)."""
+    d = config.delivery
+    return delivered_at + d.apprec_timeout_by_type.get(msg_type, d.apprec_timeout)
+
+
 def next_delay(schedule: tuple[float, ...], attempts: int, jitter: float, rng: random.Random) -> float:
     """Delay before attempt number `attempts + 1`; the last step of the schedule repeats."""
     base = schedule[min(attempts - 1, len(schedule) - 1)] if schedule else 60.0
@@ -243,8 +249,7 @@ class Dispatcher:
             target = DeliveryState.DELIVERED
             fields["last_error"] = None
             if delivery.expects_apprec:
-                timeout = d.apprec_timeout_by_type.get(message.msg_type, d.apprec_timeout)
-                fields["apprec_due_at"] = now + timeout
+                fields["apprec_due_at"] = apprec_due_at(self.config, message.msg_type, now)
             if self.breakers.success(receiver):
                 extra_events.append(
                     Event(

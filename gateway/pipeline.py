@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from lxml import etree
 
 from gateway.config import Config
+from gateway.dispatcher import apprec_due_at
 from gateway.lifecycle import (
     APPREC_TARGET,
     Actor,
@@ -35,6 +36,7 @@ from gateway.registry import Registry
 from gateway.routing import Decision, LocalEndpoint, Route, Router, build_router
 from gateway.security import Security
 from gateway.store import (
+    Applied,
     Change,
     Conflict,
     DeliveryRecord,
@@ -44,7 +46,7 @@ from gateway.store import (
     MessageRecord,
     Store,
 )
-from gateway.transport import PeerReceipt, SubmitResult
+from gateway.transport import PeerReceipt, SubmitResult, Transport
 from gateway.validation import ValidationResult, Validator
 from message_types.apprec import build_apprec
 from message_types.codes import AppRecStatus, ErrorCode
@@ -91,7 +93,10 @@ class Pipeline:
         local_systems: dict[int, LocalEndpoint],
         clock: Callable[[], float] = time.time,
         wake: Callable[[], None] = lambda: None,
+        transports: Mapping[str, Transport] | None = None,
     ):
+        """`transports`: the gateway's transports by name (looked up when a message is routed), for
+        those that deliver by the message being stored (`delivers_on_commit`, see `_on_commit`)."""
         self.config = config
         self.store = store
         self.validator = validator
@@ -100,6 +105,7 @@ class Pipeline:
         self.local_systems = local_systems
         self.clock = clock
         self.wake = wake
+        self.transports = transports if transports is not None else {}
         self._router: tuple[Registry, Router] | None = None
 
     # --- shared ----------------------------------------------------------------------------------
@@ -192,28 +198,45 @@ class Pipeline:
             problems=_problem_dicts(problems),
         )
 
+    def _on_commit(self, route: Route) -> Transport | None:
+        """The route's transport if it delivers by the message being stored, else None.
+
+        Such a transport (the API's mailbox) hands a message over by making it fetchable from the
+        store, so the transaction that stores the message records its delivery too (queued, the
+        attempt, the receipt: the same rows and events a worker would write in two more
+        transactions) and the transport is told once it is committed. Not for FIFO receivers: their
+        order is the dispatcher's to keep."""
+        transport = self.transports.get(route.transport)
+        if route.fifo or not getattr(transport, "delivers_on_commit", False):
+            return None
+        return transport
+
     def _deliveries(self, routes: list[Route], message: Message, now: float) -> list[DeliveryRecord]:
         d = self.config.delivery
         expects = message.kind.family != Family.APPREC
         out = []
         for route in routes:
-            out.append(
-                DeliveryRecord(
-                    message_id=None,
-                    receiver_her=route.receiver_her,
-                    role=route.role,
-                    transport=route.transport,
-                    endpoint=route.endpoint,
-                    state=DeliveryState.QUEUED,
-                    expires_at=now + float(d.overrides.get(route.receiver_her, {}).get("ttl", d.ttl)),
-                    expects_apprec=expects,
-                    next_attempt_at=now,
-                    fifo_key=(message.conversation.conversation if message.conversation else message.msg_id)
-                    if route.fifo
-                    else None,
-                    updated_at=now,
-                )
+            delivery = DeliveryRecord(
+                message_id=None,
+                receiver_her=route.receiver_her,
+                role=route.role,
+                transport=route.transport,
+                endpoint=route.endpoint,
+                state=DeliveryState.QUEUED,
+                expires_at=now + float(d.overrides.get(route.receiver_her, {}).get("ttl", d.ttl)),
+                expects_apprec=expects,
+                next_attempt_at=now,
+                fifo_key=(message.conversation.conversation if message.conversation else message.msg_id)
+                if route.fifo
+                else None,
+                updated_at=now,
             )
+            if self._on_commit(route) is not None:
+                delivery.state = DeliveryState.DELIVERED
+                delivery.attempts = 1
+                if expects:
+                    delivery.apprec_due_at = apprec_due_at(self.config, message.msg_type, now)
+            out.append(delivery)
         return out
 
     def _accept_change(
@@ -243,7 +266,52 @@ class Pipeline:
                     new_delivery_index=index,
                 )
             )
+            transport = self._on_commit(route)
+            if transport is not None:
+                for source, target, reason in (
+                    (DeliveryState.QUEUED, DeliveryState.SENDING, "attempt 1, as the message is stored"),
+                    (
+                        DeliveryState.SENDING,
+                        DeliveryState.DELIVERED,
+                        transport.commit_detail(route.receiver_her),
+                    ),
+                ):
+                    transition = check_delivery(source, target)
+                    events.append(
+                        Event(
+                            now,
+                            transition.actor,
+                            transition.trigger,
+                            from_state=source,
+                            to_state=target,
+                            reason=reason,
+                            new_delivery_index=index,
+                        )
+                    )
         return Change(new_message=record, new_deliveries=deliveries, events=events)
+
+    async def _apply_accepted(self, change: Change) -> Applied:
+        """Apply an accepting change; then tell the transports that deliver on commit."""
+        applied = await self.store.apply(change)
+        if not applied.created:
+            return applied
+        stored = None
+        for delivery, delivery_id in zip(change.new_deliveries, applied.delivery_ids, strict=True):
+            if delivery.state != DeliveryState.DELIVERED:
+                continue
+            transport = self.transports[delivery.transport]
+            if stored is None:
+                stored = dataclasses.replace(change.new_message, id=applied.message_id, payload=None)
+            try:
+                await transport.committed(stored, delivery_id, delivery.receiver_her)
+            except Exception:
+                # Stored as delivered: the transport finds it in the store when it next looks.
+                log.exception(
+                    "transport %s: delivery %s was stored but not handed over",
+                    delivery.transport,
+                    delivery_id,
+                )
+        return applied
 
     def _reject_change(
         self, record: MessageRecord, problems, now: float, actor: Actor, target=MessageState.REJECTED
@@ -339,7 +407,7 @@ class Pipeline:
                     details={"apprec_msg_id": apprec.msg_id},
                 )
             )
-        applied = await self.store.apply(change)
+        applied = await (self._apply_accepted(change) if decision.ok else self.store.apply(change))
         self.wake()
         return applied.message_id
 
@@ -414,20 +482,20 @@ class Pipeline:
         the delivery it answers."""
         change = self._accept_change(record, message, decision, now, actor)
         if message.kind.family != Family.APPREC:
-            return await self.store.apply(change)
+            return await self._apply_accepted(change)
         own_events = list(change.events)
         for _ in range(CORRELATION_TRIES):
             updates, events = await self._correlate_apprec(message, None, now)
             change.delivery_updates, change.events = updates, own_events + events
             try:
-                return await self.store.apply(change)
+                return await self._apply_accepted(change)
             except Conflict:
                 # The answered delivery moved meanwhile: its transport receipt was being recorded
                 # (the AppRec overtook it, likely when another node sent it) or a timer moved it.
                 # Look at it again; dropping the update would leave it waiting for an AppRec it has.
                 continue
         change.delivery_updates = []  # still moving: keep the AppRec and the events that explain it
-        return await self.store.apply(change)
+        return await self._apply_accepted(change)
 
     # --- from our local systems ---------------------------------------------------------------------
 

@@ -90,6 +90,7 @@ class Gateway:
             security=self.security,
             local_systems=local_endpoints,
             wake=self._wake,
+            transports=self.transports,  # filled in below and by the web modules' setup()
         )
         self.dispatcher: Dispatcher | None = None
         self.timers = Timers(config=config, store=self.store)

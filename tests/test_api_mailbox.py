@@ -3,6 +3,7 @@ across a restart of the gateway (SQLite store): what was read stays read, ids st
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import aiohttp
@@ -169,3 +170,45 @@ async def test_nodes_sharing_a_store_see_each_others_hand_overs_and_read_marks_a
     assert await node_a.mark_read(applied.message_id, d, "gp") is False, "already read, on the other node"
     now[0] += 11
     assert await node_a.unread([GP]) == [] and await node_b.unread([GP]) == []
+
+
+async def _delivery_story(gateway, msg_id: str):
+    [record] = await gateway.store.find_by_msg_id(msg_id)
+    [delivery] = await gateway.store.deliveries(record.id)
+    events = [e for e in await gateway.store.events(record.id) if e.delivery_id == delivery.id]
+    return delivery, [(e.kind, e.from_state, e.to_state) for e in events]
+
+
+async def test_a_message_for_an_api_system_is_delivered_by_the_transaction_that_stores_it(tmp_path):
+    """The mailbox delivers by the message being fetchable, so storing it records its delivery
+    too: the same states and events a worker would write, in one transaction, and the message is
+    listed at once. A FIFO receiver's deliveries still go through the dispatcher, which keeps the
+    order."""
+    from gateway.lifecycle import DeliveryState
+
+    story = [
+        ("routed to a receiver", None, "queued"),
+        ("attempt", "queued", "sending"),
+        ("transport receipt", "sending", "delivered"),
+    ]
+    for fifo in (False, True):
+        config = gateway_config(tmp_path / str(fifo), store="sqlite")
+        config = dataclasses.replace(config, delivery=dataclasses.replace(config.delivery, fifo=fifo))
+        async with running_gateway(config) as (gateway, base), aiohttp.ClientSession() as session:
+            asker, gp = Client(session, base, TOKENS["asker"]), Client(session, base, TOKENS["gp"])
+            data, msg_id = document()
+            status, message_id, _ = await asker.post_message(data)
+            assert status == 201, message_id
+            if not fifo:
+                assert await _ids(gp) == [message_id], "listed as soon as POST /Messages has answered"
+
+            async def listed():
+                return await _ids(gp) == [message_id]
+
+            await poll(listed, what="the message in the GP's mailbox")
+            delivery, events = await _delivery_story(gateway, msg_id)
+            assert delivery.state == DeliveryState.DELIVERED and delivery.attempts == 1
+            assert delivery.apprec_due_at is not None and delivery.apprec_due_at > delivery.updated_at
+            assert events == story, fifo
+            assert (await gp.call("PUT", f"/Messages/{message_id}/read/{GP}"))[0] == 204
+            assert await _ids(gp) == []

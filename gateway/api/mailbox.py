@@ -143,11 +143,14 @@ class Mailbox:
         entries.sort(key=lambda e: e.sort_key, reverse=descending)
         return entries[:limit]
 
-    async def deliver(self, message: MessageRecord, delivery_id: int, receiver_her: int) -> None:
+    async def deliver(
+        self, message: MessageRecord, delivery_id: int, receiver_her: int, *, new: bool = False
+    ) -> None:
+        """`new`: the delivery was stored just now, so nobody can have read it yet."""
         async with self._lock(receiver_her):
             # A delivery resent after a crash (its first hand-over was not recorded) may have been
             # read meanwhile: it must not come back as unread.
-            if self._was_read(await self.store.events(message.id), delivery_id):
+            if not new and self._was_read(await self.store.events(message.id), delivery_id):
                 return
             message.payload = None
             self._unread.setdefault(receiver_her, {})[delivery_id] = Entry(message, delivery_id, receiver_her)
@@ -183,11 +186,27 @@ class Mailbox:
 
 
 class ApiTransport:
-    """The "api" transport: hands a message to the receiver's mailbox; it is fetched from there."""
+    """The "api" transport: hands a message to the receiver's mailbox; it is fetched from there.
+
+    Handing over is making the message fetchable, and a stored message is: the pipeline stores its
+    deliveries to this transport as delivered in the transaction that stores the message
+    (`delivers_on_commit`) and calls `committed` once that is done, which puts the message in the
+    mailbox index. `send` is for deliveries that still go through the dispatcher (FIFO receivers,
+    resends, deliveries queued before a restart).
+    """
+
+    delivers_on_commit = True
 
     def __init__(self, mailbox: Mailbox, name: str = TRANSPORT):
         self.name = name
         self.mailbox = mailbox
+
+    @staticmethod
+    def commit_detail(receiver_her: int) -> str:
+        return f"in the API mailbox of HER-id {receiver_her}"
+
+    async def committed(self, message: MessageRecord, delivery_id: int, receiver_her: int) -> None:
+        await self.mailbox.deliver(message, delivery_id, receiver_her, new=True)
 
     async def start(self, inbound: Inbound) -> None:
         return None  # API clients come in through the web routes, not through a transport
@@ -200,6 +219,6 @@ class ApiTransport:
         for message in await store.find_by_msg_id(item.msg_id):
             if any(d.id == item.delivery_id for d in await store.deliveries(message.id)):
                 await self.mailbox.deliver(message, item.delivery_id, item.receiver_her)
-                return SendResult(Outcome.DELIVERED, f"in the API mailbox of HER-id {item.receiver_her}")
+                return SendResult(Outcome.DELIVERED, self.commit_detail(item.receiver_her))
         log.error("delivery %s (MsgId %s) not found in the store", item.delivery_id, item.msg_id)
         return SendResult(Outcome.TRANSIENT, "the message of this delivery was not found in the store")
