@@ -202,7 +202,7 @@ async def test_a_message_for_an_api_system_is_delivered_by_the_transaction_that_
             if not fifo:
                 assert await _ids(gp) == [message_id], "listed as soon as POST /Messages has answered"
 
-            async def listed():
+            async def listed(gp=gp, message_id=message_id):
                 return await _ids(gp) == [message_id]
 
             await poll(listed, what="the message in the GP's mailbox")
