@@ -202,10 +202,11 @@ async def test_a_message_for_an_api_system_is_delivered_by_the_transaction_that_
             if not fifo:
                 assert await _ids(gp) == [message_id], "listed as soon as POST /Messages has answered"
 
-            async def listed(gp=gp, message_id=message_id):
-                return await _ids(gp) == [message_id]
+            async def delivered(gateway=gateway, gp=gp, message_id=message_id, msg_id=msg_id):
+                delivery, _ = await _delivery_story(gateway, msg_id)
+                return await _ids(gp) == [message_id] and delivery.state == DeliveryState.DELIVERED
 
-            await poll(listed, what="the message in the GP's mailbox")
+            await poll(delivered, what="the message delivered to the GP's mailbox")
             delivery, events = await _delivery_story(gateway, msg_id)
             assert delivery.state == DeliveryState.DELIVERED and delivery.attempts == 1
             assert delivery.apprec_due_at is not None and delivery.apprec_due_at > delivery.updated_at
