@@ -103,7 +103,7 @@ class Validator:
             result.message = _addressable(root, kind)
             return result
         try:
-            result.message = read_message(root)
+            result.message = read_message(root, kind)  # _coverage proved the root is this kind's
         except InvalidMessage as exc:
             result.problems = exc.problems
             return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,33 @@ class cached_property:  # noqa: N801 - used like functools.cached_property
         return value
 
 
+def quick_init(cls):
+    """Give a frozen dataclass an __init__ that fills the instance's __dict__ directly.
+
+    The generated __init__ of a frozen dataclass sets every field through object.__setattr__,
+    about 0.2 µs each; the reader builds some twenty of these objects per message, which made their
+    construction a quarter of reading an envelope. Instances stay frozen afterwards (assignment still
+    raises FrozenInstanceError); equality, hashing, replace() and asdict() are the dataclass's own."""
+    namespace: dict[str, Any] = {}
+    params, body = [], []
+    for f in fields(cls):
+        if f.default_factory is not MISSING:
+            raise TypeError(f"quick_init does not handle default_factory ({cls.__name__}.{f.name})")
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            namespace[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        body.append(f"d[{f.name!r}] = {f.name}")
+    source = f"def __init__(self, {', '.join(params)}):\n    d = self.__dict__\n    " + "\n    ".join(body)
+    exec(source, namespace)  # noqa: S102 - code generated from the class's own field names, as dataclasses does
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init
+    return cls
+
+
+@quick_init
 @dataclass(frozen=True)
 class Ident:
     id: str
@@ -44,6 +71,7 @@ class LevelKind(enum.StrEnum):
     PERSON = "person"  # a health professional, e.g. a GP
 
 
+@quick_init
 @dataclass(frozen=True)
 class PartyLevel:
     name: str
@@ -62,6 +90,7 @@ class PartyLevel:
         return next((i.id for i in self.idents if i.type == type_), None)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Address:
     """An organisation chain, outermost first: level 1 is the organisation (virksomhet)."""
@@ -89,6 +118,7 @@ class Address:
         return " / ".join(f"{lvl.name} (HER {lvl.her_id})" if lvl.her_id else lvl.name for lvl in self.levels)
 
 
+@quick_init
 @dataclass(frozen=True)
 class CopyReceiver:
     role: str  # kodeverk 8112; COP for copies
@@ -99,6 +129,7 @@ class CopyReceiver:
         return self.role == ReceiverRole.COPY
 
 
+@quick_init
 @dataclass(frozen=True)
 class Patient:
     family_name: str | None = None
@@ -116,12 +147,14 @@ class Patient:
         return next((i for i in self.idents if i.type in types), None)
 
 
+@quick_init
 @dataclass(frozen=True)
 class ConversationRef:
     parent: str
     conversation: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class Document:
     """One MsgHead Document: the main business document or an attachment."""
@@ -147,6 +180,7 @@ class AppRecError:
     system: str = ""  # OID of the error code system, 8221 for the general codes
 
 
+@quick_init
 @dataclass(frozen=True)
 class Message:
     """What the gateway knows about any recognised document (MsgHead, AppRec or standalone)."""

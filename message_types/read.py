@@ -6,7 +6,7 @@ from lxml import etree
 
 from message_types.apprec import read_apprec
 from message_types.codes import ErrorCode
-from message_types.kinds import Family, kind_of
+from message_types.kinds import DocumentKind, Family, kind_of
 from message_types.model import Address, Message
 from message_types.msghead import read_msghead
 from message_types.problems import InvalidMessage, Problem
@@ -29,12 +29,14 @@ def unsupported(namespace: str | None, root: str) -> InvalidMessage:
     )
 
 
-def read_message(tree: etree._ElementTree | etree._Element) -> Message:
+def read_message(tree: etree._ElementTree | etree._Element, kind: DocumentKind | None = None) -> Message:
+    """The message's facts. `kind` is for a caller that has already recognised the root (the validator)."""
     root = tree.getroot() if isinstance(tree, etree._ElementTree) else tree
-    qname = etree.QName(root)
-    kind = kind_of(qname.namespace)
-    if kind is None or kind.root != qname.localname:
-        raise unsupported(qname.namespace, qname.localname)
+    if kind is None:
+        qname = etree.QName(root)
+        kind = kind_of(qname.namespace)
+        if kind is None or kind.root != qname.localname:
+            raise unsupported(qname.namespace, qname.localname)
     if kind.family == Family.MSGHEAD:
         return read_msghead(root, kind)
     if kind.family == Family.APPREC:

@@ -50,13 +50,16 @@ def parse_xml(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError("parse_xml takes bytes")
     size = len(data)
-    if size == 0 or not bytes(data[:4096]).strip():
+    if size == 0:
         raise _refuse("the document is empty")
     if size > max_bytes:
         raise _refuse(f"the document is {size:,} bytes; the limit is {max_bytes:,} bytes")
     try:
         root = etree.fromstring(bytes(data), _parser())
     except etree.XMLSyntaxError as exc:
+        # Only a failed parse is looked at again: a whitespace-only body is "empty", not "malformed".
+        if not bytes(data[:4096]).strip() and not bytes(data).strip():
+            raise _refuse("the document is empty") from None
         raise _refuse(_syntax_message(exc, data), exc.lineno) from None
     except ValueError as exc:  # e.g. lxml refusing a str with an encoding declaration
         raise _refuse(f"not readable as XML: {exc}") from None

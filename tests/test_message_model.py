@@ -143,3 +143,29 @@ def test_build_msghead_round_trip(manifest, validator, oracle_schema):
         assert rebuilt.patient.idents == original.patient.idents
         assert rebuilt.content_kind == original.content_kind
         assert rebuilt.msg_id != original.msg_id and is_uuid(rebuilt.msg_id)
+
+
+def test_model_objects_built_by_the_fast_init_stay_frozen_dataclasses():
+    import dataclasses
+
+    from message_types.model import Address, Ident, Message, PartyLevel
+
+    her = Ident("9203001", "HER")
+    assert her == Ident("9203001", "HER") and hash(her) == hash(Ident("9203001", "HER"))
+    assert her != Ident("9203001", "ENH")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        her.id = "1"  # type: ignore[misc]
+    level = PartyLevel("Sykepleietjeneste", LevelKind.SERVICE, (her,))
+    assert level.her_id == "9203001" and PartyLevel("x", LevelKind.PERSON).idents == ()
+    message = Message(
+        kind=kind_of("http://www.kith.no/xmlstds/msghead/2006-05-24"),
+        msg_id="m",
+        msg_type="DIALOG_FORESPORSEL",
+        gen_date="2026-11-23T10:00:00",
+        sender=Address((level,)),
+        receiver=Address(()),
+    )
+    assert message.copies == () and message.patient is None and message.msg_type_text == ""
+    assert dataclasses.replace(message, msg_id="n").msg_id == "n"
+    assert dataclasses.asdict(message)["sender"]["levels"][0]["idents"][0] == {"id": "9203001", "type": "HER"}
+    assert message.sender.her_id == 9203001
