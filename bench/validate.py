@@ -6,13 +6,22 @@ lxml (parse + validate with the same compiled schema), alternating rounds so tha
 same machine state, and prints validations per second and the ratio.
 
     python bench/validate.py [--seconds 2] [--rounds 5] [--json]
+    python bench/validate.py --instructions     # needs valgrind (apt install valgrind)
+
+Wall-clock rates on a shared VM move by 10-30% between runs. `--instructions` counts the machine
+instructions per validation and the instruction-cache and data-cache misses with valgrind's
+cachegrind, which is deterministic: it shows how much more work komut does than bare lxml, and how
+much of the wall-clock gap comes from the caches rather than from the instruction count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 import tomllib
@@ -50,13 +59,7 @@ def rate(fn, data: bytes, seconds: float) -> float:
             return count / (now - started)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=1.0, help="per measurement")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-
+def contenders() -> tuple:
     schemas = load_schema_set()
     validator = Validator(schemas)
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
@@ -68,11 +71,92 @@ def main() -> int:
     def ours(data: bytes) -> bool:
         return validator.validate(data).valid
 
+    return ours, bare
+
+
+def messages() -> list[tuple[str, Path]]:
+    return [("PLO ~20 KB", pick("valid/plo", 20_000)), ("Dialogmelding ~4 KB", pick("valid/dialog", 4_000))]
+
+
+_CACHEGRIND = {
+    "instructions": r"I\s+refs:\s+([\d,]+)",
+    "i1_misses": r"I1\s+misses:\s+([\d,]+)",
+    "d1_misses": r"D1\s+misses:\s+([\d,]+)",
+    "ll_misses": r"LL misses:\s+([\d,]+)",
+}
+
+
+def _cachegrind(which: str, path: Path, count: int) -> dict[str, int]:
+    run = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=yes", "--cachegrind-out-file=/dev/null"]
+        + [sys.executable, __file__, "--loop", which, str(path), str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {k: int(re.search(p, run.stderr).group(1).replace(",", "")) for k, p in _CACHEGRIND.items()}
+
+
+def instructions(args) -> int:
+    """Per validation: the difference of two runs (start-up and warm-up cancel out)."""
+    if shutil.which("valgrind") is None:
+        print("--instructions needs valgrind: apt-get install valgrind", file=sys.stderr)
+        return 2
+    small, large = 200, 200 + args.count
     results = []
-    for label, path in (
-        ("PLO ~20 KB", pick("valid/plo", 20_000)),
-        ("Dialogmelding ~4 KB", pick("valid/dialog", 4_000)),
-    ):
+    for label, path in messages():
+        row = {"message": label, "file": str(path.relative_to(REPO)), "bytes": path.stat().st_size}
+        for which in ("ours", "bare"):
+            a, b = _cachegrind(which, path, small), _cachegrind(which, path, large)
+            row[which] = {k: round((b[k] - a[k]) / args.count) for k in a}
+        row["instruction_ratio"] = round(row["bare"]["instructions"] / row["ours"]["instructions"], 3)
+        results.append(row)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{'message':<22}{'':>6}{'instructions':>14}{'I1 misses':>11}{'D1 misses':>11}{'LL misses':>11}")
+    for r in results:
+        for which in ("ours", "bare"):
+            c = r[which]
+            print(
+                f"{r['message'] if which == 'ours' else '':<22}{which:>6}{c['instructions']:>14,}"
+                f"{c['i1_misses']:>11,}{c['d1_misses']:>11,}{c['ll_misses']:>11,}"
+            )
+        print(f"{'':<22}{'ratio':>6}{r['instruction_ratio']:>14.1%}  (bare lxml instructions / komut's)")
+    print("(per validation, valgrind cachegrind's simulated caches; deterministic, unlike the wall clock)")
+    return 0
+
+
+def loop(which: str, path: str, count: int) -> int:
+    ours, bare = contenders()
+    fn = ours if which == "ours" else bare
+    data = Path(path).read_bytes()
+    for _ in range(200):
+        fn(data)
+    for _ in range(count):
+        fn(data)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--instructions", action="store_true", help="count instructions and cache misses (valgrind)"
+    )
+    ap.add_argument("--count", type=int, default=1000, help="validations counted with --instructions")
+    ap.add_argument("--loop", nargs=3, metavar=("WHICH", "FILE", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.loop:
+        return loop(args.loop[0], args.loop[1], int(args.loop[2]))
+    if args.instructions:
+        return instructions(args)
+
+    ours, bare = contenders()
+    results = []
+    for label, path in messages():
         data = path.read_bytes()
         assert ours(data) and bare(data), f"{path} must be valid for the benchmark"
         komut_rates, lxml_rates = [], []
