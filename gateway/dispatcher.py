@@ -111,14 +111,23 @@ class Dispatcher:
         d = config.delivery
         self.breakers = Breakers(d.circuit_failures, d.circuit_reset)
         self.in_flight: dict[int, int] = {}
-        self._wakeup = asyncio.Event()
+        # One wake-up per transport: work queued for one must not make the others look for some.
+        self._wakeups: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
         self._rng = random.Random()
         self._running = False
 
-    def wake(self) -> None:
-        self._wakeup.set()
+    def _wakeup(self, name: str) -> asyncio.Event:
+        event = self._wakeups.get(name)
+        if event is None:
+            event = self._wakeups[name] = asyncio.Event()
+        return event
+
+    def wake(self, *transports: str) -> None:
+        """Look for due deliveries now: of these transports, or of all when none is named."""
+        for name in transports or self.transports:
+            self._wakeup(name).set()
 
     async def start(self) -> None:
         self._running = True
@@ -170,19 +179,20 @@ class Dispatcher:
                     self.in_flight[receiver] = self.in_flight.get(receiver, 0) + 1
                     task = asyncio.create_task(self._deliver(name, item), name=f"{name}-{item.delivery.id}")
                     self._tasks.add(task)
-                    task.add_done_callback(self._done(receiver))
+                    task.add_done_callback(self._done(name, receiver))
                 if claimed and len(claimed) == capacity:
                     continue
-                self._wakeup.clear()
+                wakeup = self._wakeup(name)
+                wakeup.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=d.poll_interval)
+                    await asyncio.wait_for(wakeup.wait(), timeout=d.poll_interval)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("dispatcher loop for %s failed; retrying", name)
                 await asyncio.sleep(1)
 
-    def _done(self, receiver: int):
+    def _done(self, name: str, receiver: int):
         def callback(task: asyncio.Task) -> None:
             self._tasks.discard(task)
             left = self.in_flight.get(receiver, 1) - 1
@@ -190,7 +200,8 @@ class Dispatcher:
                 self.in_flight.pop(receiver, None)
             else:
                 self.in_flight[receiver] = left
-            self.wake()
+            # A worker of this transport is free (and a FIFO successor may be due): look again.
+            self.wake(name)
 
         return callback
 

@@ -92,10 +92,11 @@ class Pipeline:
         security: Security | None,
         local_systems: dict[int, LocalEndpoint],
         clock: Callable[[], float] = time.time,
-        wake: Callable[[], None] = lambda: None,
+        wake: Callable[..., None] = lambda *transports: None,
         transports: Mapping[str, Transport] | None = None,
     ):
-        """`transports`: the gateway's transports by name (looked up when a message is routed), for
+        """`wake(*names)`: deliveries of these transports were queued (none named: of any).
+        `transports`: the gateway's transports by name (looked up when a message is routed), for
         those that deliver by the message being stored (`delivers_on_commit`, see `_on_commit`)."""
         self.config = config
         self.store = store
@@ -291,10 +292,17 @@ class Pipeline:
         return Change(new_message=record, new_deliveries=deliveries, events=events)
 
     async def _apply_accepted(self, change: Change) -> Applied:
-        """Apply an accepting change; then tell the transports that deliver on commit."""
+        """Apply an accepting change; then wake the dispatcher for what it queued and tell the
+        transports that deliver on commit."""
         applied = await self.store.apply(change)
         if not applied.created:
             return applied
+        if change.delivery_updates:
+            self.wake()  # an AppRec settled deliveries: FIFO successors may be due on any transport
+        else:
+            queued = {d.transport for d in change.new_deliveries if d.state == DeliveryState.QUEUED}
+            if queued:
+                self.wake(*queued)
         stored = None
         for delivery, delivery_id in zip(change.new_deliveries, applied.delivery_ids, strict=True):
             if delivery.state != DeliveryState.DELIVERED:
@@ -408,7 +416,6 @@ class Pipeline:
                 )
             )
         applied = await (self._apply_accepted(change) if decision.ok else self.store.apply(change))
-        self.wake()
         return applied.message_id
 
     async def _apprec_not_built(self, answering_id: int | None, reason: str) -> None:
@@ -563,7 +570,6 @@ class Pipeline:
         applied = await self._store_accepted(record, message, decision, now, Actor.GATEWAY)
         if not applied.created:
             return SubmitResult(accepted=True, message_id=applied.message_id, duplicate=True)
-        self.wake()
         return SubmitResult(
             accepted=True, message_id=applied.message_id, detail=f"{len(decision.routes)} receiver(s)"
         )
@@ -680,7 +686,6 @@ class Pipeline:
         record = self._record(Direction.INBOUND, MessageState.ACCEPTED, content, message, source, now=now)
         record.summary["algorithms"] = algorithms
         applied = await self._store_accepted(record, message, decision, now, Actor.PEER)
-        self.wake()
         return PeerReceipt(
             True, 200, "stored", duplicate=not applied.created, message_ref=str(applied.message_id)
         )

@@ -96,9 +96,9 @@ class Gateway:
         self.timers = Timers(config=config, store=self.store)
         self._stopped = asyncio.Event()
 
-    def _wake(self) -> None:
+    def _wake(self, *transports: str) -> None:
         if self.dispatcher is not None:
-            self.dispatcher.wake()
+            self.dispatcher.wake(*transports)
 
     def _build_transports(self) -> None:
         from adapters.folders import FolderTransport
