@@ -471,19 +471,27 @@ class FolderTransport:
             raise RuntimeError("FolderTransport.poll_once before start()")
         handled = 0
         for scan in (self._due, self._claim):
-            claims: list[_Claim] = []
-            for party in self.parties:
-                if handled + len(claims) >= self.batch:
-                    break
-                if not await self._ensure(party):
-                    continue
-                try:
-                    claims += await asyncio.to_thread(scan, party, self.batch - handled - len(claims))
-                except OSError as exc:
-                    log.error("cannot read the folders of HER-id %s: %s", party.her_id, exc)
+            if handled >= self.batch:
+                break
+            parties = [party for party in self.parties if await self._ensure(party)]
+            # One trip to a worker thread for every party's folder: a gateway with dozens of folder
+            # systems would otherwise pay a thread hand-off per folder on every poll, busy or not.
+            claims = await asyncio.to_thread(self._scan_all, scan, parties, self.batch - handled)
             await self._process_all(claims)
             handled += len(claims)
         return handled
+
+    @staticmethod
+    def _scan_all(scan, parties: list[FolderParty], room: int) -> list[_Claim]:
+        claims: list[_Claim] = []
+        for party in parties:
+            if len(claims) >= room:
+                break
+            try:
+                claims += scan(party, room - len(claims))
+            except OSError as exc:
+                log.error("cannot read the folders of HER-id %s: %s", party.her_id, exc)
+        return claims
 
     async def _process_all(self, claims: list[_Claim]) -> None:
         limit = asyncio.Semaphore(self.concurrency)
