@@ -475,7 +475,13 @@ def _literals(values) -> str:
 
 
 def compress(payload: bytes, level: int) -> bytes:
-    return zlib.compress(payload, level)
+    """zlib with its window and hash table sized to the payload. For the default 32 KB window
+    deflate sets up 256 KB of state, which costs more than compressing a message of a few KB
+    (about 100 us against 35 for a 3.8 KB PLO message). The window still covers the whole payload,
+    so the output is as small, and it is a plain zlib stream (its header says the window size)."""
+    wbits = min(15, max(9, (len(payload) + 261).bit_length()))
+    deflate = zlib.compressobj(level, zlib.DEFLATED, wbits, max(1, min(8, wbits - 8)))
+    return deflate.compress(payload) + deflate.flush()
 
 
 def decompress(codec: str, data: bytes) -> bytes:
