@@ -110,7 +110,9 @@ class Dispatcher:
         self.clock = clock
         d = config.delivery
         self.breakers = Breakers(d.circuit_failures, d.circuit_reset)
-        self.in_flight: dict[int, int] = {}
+        self.in_flight: dict[int, int] = {}  # attempts under way per receiver
+        self._sending: dict[str, int] = {}  # attempts under way per transport
+        self._attempts: set[int] = set()  # the deliveries of those attempts
         # One wake-up per transport: work queued for one must not make the others look for some.
         self._wakeups: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -160,9 +162,7 @@ class Dispatcher:
         d = self.config.delivery
         while self._running:
             try:
-                capacity = d.workers_per_transport - sum(
-                    1 for t in self._tasks if t.get_name().startswith(name)
-                )
+                capacity = d.workers_per_transport - self._sending.get(name, 0)
                 claimed = []
                 if capacity > 0:
                     now = self.clock()
@@ -177,9 +177,11 @@ class Dispatcher:
                 for item in claimed:
                     receiver = item.delivery.receiver_her
                     self.in_flight[receiver] = self.in_flight.get(receiver, 0) + 1
+                    self._sending[name] = self._sending.get(name, 0) + 1
+                    self._attempts.add(item.delivery.id)
                     task = asyncio.create_task(self._deliver(name, item), name=f"{name}-{item.delivery.id}")
                     self._tasks.add(task)
-                    task.add_done_callback(self._done(name, receiver))
+                    task.add_done_callback(self._done(name, item))
                 if claimed and len(claimed) == capacity:
                     continue
                 wakeup = self._wakeup(name)
@@ -192,15 +194,26 @@ class Dispatcher:
                 log.exception("dispatcher loop for %s failed; retrying", name)
                 await asyncio.sleep(1)
 
-    def _done(self, name: str, receiver: int):
+    def _release(self, name: str, item: Claimed) -> None:
+        """The attempt is over (its outcome may still be being stored): its worker and its slot
+        for the receiver are free, so the next claim can share the outcome's commit."""
+        if item.delivery.id not in self._attempts:
+            return
+        self._attempts.discard(item.delivery.id)
+        self._sending[name] = self._sending.get(name, 1) - 1
+        receiver = item.delivery.receiver_her
+        left = self.in_flight.get(receiver, 1) - 1
+        if left <= 0:
+            self.in_flight.pop(receiver, None)
+        else:
+            self.in_flight[receiver] = left
+        self.wake(name)
+
+    def _done(self, name: str, item: Claimed):
         def callback(task: asyncio.Task) -> None:
             self._tasks.discard(task)
-            left = self.in_flight.get(receiver, 1) - 1
-            if left <= 0:
-                self.in_flight.pop(receiver, None)
-            else:
-                self.in_flight[receiver] = left
-            # A worker of this transport is free (and a FIFO successor may be due): look again.
+            self._release(name, item)  # if the task ended before its attempt did (cancelled)
+            # A FIFO successor becomes due once the outcome is stored: look again.
             self.wake(name)
 
         return callback
@@ -229,7 +242,7 @@ class Dispatcher:
         transport = self.transports[name]
         if name in PEER_TRANSPORTS and self.security is None:
             await self._record(
-                item, SendResult(Outcome.PERMANENT, "this gateway has no keys to protect messages")
+                name, item, SendResult(Outcome.PERMANENT, "this gateway has no keys to protect messages")
             )
             return
         try:
@@ -239,16 +252,16 @@ class Dispatcher:
             else:
                 outgoing = self._outgoing(name, item)
         except ProtectionError as exc:
-            await self._record(item, SendResult(Outcome.PERMANENT, f"cannot protect: {exc}"))
+            await self._record(name, item, SendResult(Outcome.PERMANENT, f"cannot protect: {exc}"))
             return
         try:
             result = await transport.send(outgoing)
         except Exception as exc:  # a transport bug must not lose the delivery: retry it
             log.exception("transport %s failed on delivery %s", name, item.delivery.id)
             result = SendResult(Outcome.TRANSIENT, f"transport error: {type(exc).__name__}: {exc}")
-        await self._record(item, result)
+        await self._record(name, item, result)
 
-    async def _record(self, item: Claimed, result: SendResult) -> None:
+    async def _record(self, name: str, item: Claimed, result: SendResult) -> None:
         delivery, message = item.delivery, item.message
         now = self.clock()
         d = self.config.delivery
@@ -314,6 +327,8 @@ class Dispatcher:
             reason=reason[:1000],
             details={"receipt": result.receipt} if result.receipt else {},
         )
+        # The circuit breaker has counted this attempt: the slot may go to the next one now.
+        self._release(name, item)
         try:
             await self.store.apply(
                 Change(
