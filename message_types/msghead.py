@@ -118,6 +118,14 @@ def _attr(element: etree._Element | None, tag: str, attr: str = "V") -> str | No
 )
 
 
+def _first(element: etree._Element, tag: str) -> etree._Element | None:
+    # A loop over the few children costs about half of iterchildren(tag), which builds a tag matcher.
+    for child in element:
+        if child.tag == tag:
+            return child
+    return None
+
+
 def _strip(text: str | None) -> str | None:
     return text.strip() if text else None
 
@@ -281,16 +289,15 @@ def read_msghead(root: etree._Element, kind: DocumentKind) -> Message:
             elif tag == _MIG:
                 mig = child.text
             elif tag == _SENDER:
-                sender = read_address(next(child.iterchildren(_ORG), None))
+                sender = read_address(_first(child, _ORG))
             elif tag == _RECEIVER:
-                receiver = read_address(next(child.iterchildren(_ORG), None))
+                receiver = read_address(_first(child, _ORG))
             elif tag == _OTHER:
                 copies.append(_read_other_receiver(child))
             elif tag == _PATIENT:
                 patient = read_patient(child)
             elif tag == _CONVREF:
-                parent = next(child.iterchildren(_PARENT), None)
-                conv = next(child.iterchildren(_CONVERSATION), None)
+                parent, conv = _first(child, _PARENT), _first(child, _CONVERSATION)
                 conversation = ConversationRef(
                     _strip(parent.text if parent is not None else None) or "",
                     _strip(conv.text if conv is not None else None) or "",
