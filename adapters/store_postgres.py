@@ -41,12 +41,12 @@ import json
 import logging
 import secrets
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 
+from adapters.payload_codec import CODEC, compress, decompress
 from gateway.lifecycle import (
     FINAL_DELIVERY_STATES,
     FINAL_MESSAGE_STATES,
@@ -494,7 +494,6 @@ SQL_STATS_LATENCY = """
 
 # ------------------------------------------------------------------------------------------------
 
-CODEC = "zlib"
 MAX_LIMIT = 1000
 OFF_LOOP_BYTES = 256 * 1024  # payloads above this are (de)compressed off the event loop thread
 MESSAGE_FIELDS = frozenset(f.name for f in dataclasses.fields(MessageRecord)) - {"id"}
@@ -516,22 +515,6 @@ def _value(value: Any) -> Any:
 def _folded(summary: dict | None, key: str) -> str | None:
     value = (summary or {}).get(key)
     return value.casefold() if isinstance(value, str) and value else None
-
-
-def compress(payload: bytes, level: int) -> bytes:
-    """zlib with its window and hash table sized to the payload. For the default 32 KB window
-    deflate sets up 256 KB of state, which costs more than compressing a message of a few KB
-    (about 100 us against 35 for a 3.8 KB PLO message). The window still covers the whole payload,
-    so the output is as small, and it is a plain zlib stream (its header says the window size)."""
-    wbits = min(15, max(9, (len(payload) + 261).bit_length()))
-    deflate = zlib.compressobj(level, zlib.DEFLATED, wbits, min(7, max(5, wbits - 8)))
-    return deflate.compress(payload) + deflate.flush()
-
-
-def decompress(codec: str, data: bytes) -> bytes:
-    if codec != CODEC:
-        raise ValueError(f"unknown payload codec {codec!r}")
-    return zlib.decompress(data)
 
 
 def _message(row, payload: bytes | None = None, prefix: str = "") -> MessageRecord:

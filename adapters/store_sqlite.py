@@ -31,12 +31,12 @@ import queue
 import sqlite3
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from adapters.payload_codec import CODEC, compress, decompress
 from gateway.lifecycle import (
     FINAL_DELIVERY_STATES,
     FINAL_MESSAGE_STATES,
@@ -405,7 +405,6 @@ SQL_STATS_LATENCY = f"""
 
 # ------------------------------------------------------------------------------------------------
 
-CODEC = "zlib"
 MAX_BATCH = 2000  # bounds how long one transaction holds the writer and how much a caller may wait
 VACUUM_CHUNK = 2048  # pages per incremental_vacuum step, so writers get turns while space is reclaimed
 MAX_LIMIT = 1000
@@ -472,22 +471,6 @@ def _fold(name: str) -> str:
 def _literals(values) -> str:
     # Only ever called with lifecycle enum values, which contain no quotes.
     return ", ".join(f"'{v}'" for v in sorted(str(v) for v in values))
-
-
-def compress(payload: bytes, level: int) -> bytes:
-    """zlib with its window and hash table sized to the payload. For the default 32 KB window
-    deflate sets up 256 KB of state, which costs more than compressing a message of a few KB
-    (about 100 us against 35 for a 3.8 KB PLO message). The window still covers the whole payload,
-    so the output is as small, and it is a plain zlib stream (its header says the window size)."""
-    wbits = min(15, max(9, (len(payload) + 261).bit_length()))
-    deflate = zlib.compressobj(level, zlib.DEFLATED, wbits, min(7, max(5, wbits - 8)))
-    return deflate.compress(payload) + deflate.flush()
-
-
-def decompress(codec: str, data: bytes) -> bytes:
-    if codec != CODEC:
-        raise ValueError(f"unknown payload codec {codec!r}")
-    return zlib.decompress(data)
 
 
 def _message(row, payload: bytes | None = None) -> MessageRecord:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ sys.path.insert(0, str(REPO))
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import padding  # noqa: E402
 
+from bench.yardstick import openssl_sign_rate  # noqa: E402
 from gateway.protection import (  # noqa: E402
     CertificateChecker,
     ProtectionPolicy,
@@ -59,16 +58,6 @@ def rate(fn, seconds: float) -> float:
         count += 20
         if time.perf_counter() >= deadline:
             return count / (time.process_time() - cpu_started)
-
-
-def openssl_sign_rate(seconds: int) -> float:
-    out = subprocess.run(
-        ["openssl", "speed", "-seconds", str(seconds), "rsa2048"], capture_output=True, text=True, check=True
-    ).stdout
-    match = re.search(r"^rsa\s+2048 bits\s+\S+\s+\S+\s+([\d.]+)\s+([\d.]+)", out, re.MULTILINE)
-    if not match:
-        raise SystemExit(f"could not read `openssl speed` output:\n{out}")
-    return float(match.group(1))
 
 
 def main() -> int:

@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
 
+from bench.yardstick import openssl_sign_rate  # noqa: E402
 from gateway.demo.setup import setup_demo  # noqa: E402
 from gateway.demo.systems import Cast, recast  # noqa: E402
 from gateway.protection.pki import init_pki  # noqa: E402
@@ -526,16 +527,6 @@ def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float
     return {k: after[k] - before.get(k, after[k]) for k in after}
 
 
-def openssl_sign_rate(seconds: int = 3) -> float:
-    out = subprocess.run(
-        ["openssl", "speed", "-seconds", str(seconds), "rsa2048"], capture_output=True, text=True, check=True
-    ).stdout
-    match = re.search(r"^rsa\s+2048 bits\s+\S+\s+\S+\s+([\d.]+)\s+([\d.]+)", out, re.MULTILINE)
-    if not match:
-        raise SystemExit(f"could not read `openssl speed` output:\n{out}")
-    return float(match.group(1))
-
-
 def summarise(phase: Phase, cores: int, sign: float) -> dict:
     tracks = list(phase.tracks.values())
     window_start = phase.measure_from
@@ -596,7 +587,7 @@ def summarise(phase: Phase, cores: int, sign: float) -> dict:
 def print_report(report: dict) -> None:
     sign, cores = report["openssl_sign_per_s"], report["cores"]
     print(
-        f"openssl speed -seconds 3 rsa2048: sign/s {' / '.join(f'{s:.0f}' for s in report['openssl_runs'])} "
+        f"openssl speed -seconds {report['openssl_seconds']} rsa2048: sign/s {' / '.join(f'{s:.0f}' for s in report['openssl_runs'])} "
         f"(before / after the load), used: {sign:.0f}"
     )
     print(
@@ -712,6 +703,7 @@ async def bench(args, directory: Path) -> dict:
         "command": "python bench/e2e.py " + " ".join(sys.argv[1:]),
         "cores": cores,
         "openssl_runs": openssl_runs,
+        "openssl_seconds": args.openssl_seconds,
         "openssl_sign_per_s": sign,
         "sizes": ", ".join(
             f"{flow.name} {d.size} B" for flow, d in runner.documents.items() if not flow.folder
