@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -166,12 +167,13 @@ class Gateways:
             while True:
                 if proc.poll() is not None:
                     raise SystemExit(f"{name} gateway exited: see {self.directory / (name + '.log')}")
-                try:
+                healthy = False
+                # Not listening yet is the normal answer while the gateway starts.
+                with contextlib.suppress(aiohttp.ClientError, OSError):
                     async with session.get(url, ssl=ctx) as resp:
-                        if resp.status == 200:
-                            break
-                except (aiohttp.ClientError, OSError):
-                    pass
+                        healthy = resp.status == 200
+                if healthy:
+                    break
                 if time.monotonic() > deadline:
                     raise SystemExit(f"{name} gateway did not answer /healthz")
                 await asyncio.sleep(0.1)
