@@ -29,7 +29,8 @@ Every throughput is printed as a ratio to both.
 
     python bench/e2e.py [--loads 10,25,50] [--seconds 12] [--saturation 20] [--window 128]
                         [--phases one-hop,folders,round-trip] [--profile DIR [--profile-folders]]
-                        [--delivery KEY=VALUE] [--keep DIR] [--json]
+                        [--delivery KEY=VALUE] [--event-loop uvloop|asyncio]
+                        [--keep DIR] [--json]
 
 --profile runs py-spy (pip install py-spy) on both gateways during one saturation phase and prints
 where their time goes by category (busy samples of all threads: waiting in fsync counts as busy).
@@ -65,6 +66,7 @@ sys.path.insert(0, str(REPO))
 import aiohttp  # noqa: E402
 
 from bench.yardstick import openssl_sign_rate  # noqa: E402
+from gateway.commands.serve import run_loop  # noqa: E402
 from gateway.demo.setup import setup_demo  # noqa: E402
 from gateway.demo.systems import Cast, recast  # noqa: E402
 from gateway.protection.pki import init_pki  # noqa: E402
@@ -144,10 +146,21 @@ def free_base_port() -> int:
 
 
 class Gateways:
-    def __init__(self, directory: Path, api_rate: float, delivery: dict[str, str] | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        api_rate: float,
+        delivery: dict[str, str] | None = None,
+        event_loop: str | None = None,
+    ):
         self.directory = directory
         init_pki(directory / "pki", default_certificate_holders())
         self.info = setup_demo(directory, free_base_port(), api_rate=api_rate, delivery=delivery)
+        if event_loop:
+            for gateway in self.info["gateways"].values():
+                path = Path(gateway["config"])
+                text = path.read_text(encoding="utf-8")
+                path.write_text(text.replace("[gateway]\n", f'[gateway]\nevent_loop = "{event_loop}"\n', 1))
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str) -> None:
@@ -647,7 +660,7 @@ def print_report(report: dict) -> None:
 async def bench(args, directory: Path) -> dict:
     cores = os.cpu_count() or 1
     delivery = dict(item.split("=", 1) for item in args.delivery)
-    gateways = Gateways(directory, api_rate=1e6, delivery=delivery)
+    gateways = Gateways(directory, api_rate=1e6, delivery=delivery, event_loop=args.event_loop)
     openssl_runs = [openssl_sign_rate(args.openssl_seconds)]
     for name in ("hospital", "municipal"):
         gateways.start(name)
@@ -851,6 +864,11 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="a [delivery] setting as TOML, e.g. concurrency_per_receiver=16 (default: the demo's)",
     )
+    ap.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        help="the gateways' [gateway] event_loop (default: the configuration's default, uvloop)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.loads = [float(x) for x in args.loads.split(",") if x.strip()]
@@ -862,10 +880,11 @@ def main() -> int:
         directory = Path(args.keep).resolve()
         if directory.exists():
             shutil.rmtree(directory)
-        report = asyncio.run(bench(args, directory))
+        report = run_loop(bench(args, directory), "uvloop")
     else:
         with tempfile.TemporaryDirectory(prefix="komut-bench-") as tmp:
-            report = asyncio.run(bench(args, Path(tmp)))
+            # The load generator shares the machine with the gateways: the cheaper loop for it too.
+            report = run_loop(bench(args, Path(tmp)), "uvloop")
     if args.json:
         print(json.dumps(report, indent=2))
     else:

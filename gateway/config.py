@@ -25,6 +25,9 @@ def seconds(value: str | int | float) -> float:
     return float(match.group(1)) * _UNIT[match.group(2)]
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
 class ConfigError(ValueError):
     pass
 
@@ -102,6 +105,9 @@ class Config:
     retention: RetentionConfig
     schema_dirs: tuple[Path, ...] = ()
     apprec_version: str = "1.0"
+    # uvloop (libuv) runs the same asyncio code with ~10% less CPU per message than the standard
+    # loop (docs/PERFORMANCE.md); "asyncio" is there for platforms without it and for comparison.
+    event_loop: str = "uvloop"
     source: Path | None = None
     # Every section of the file as read, so a feature can parse its own (e.g. [api], [ui]) without
     # this module knowing it; relative paths in them resolve against `base_dir`.
@@ -166,6 +172,9 @@ def parse_config(data: dict, base: Path, source: Path | None = None) -> Config:
         lease_seconds=seconds(d.get("lease_seconds", defaults.lease_seconds)),
         overrides={int(k): v for k, v in d.get("receivers", {}).items()},
     )
+    event_loop = str(gw.get("event_loop", "uvloop"))
+    if event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"[gateway] event_loop must be one of {', '.join(EVENT_LOOPS)}, not {event_loop!r}")
     r = data.get("retention", {})
     retention = RetentionConfig(
         payload_days=float(r.get("payload_days", 30)),
@@ -207,6 +216,7 @@ def parse_config(data: dict, base: Path, source: Path | None = None) -> Config:
         retention=retention,
         schema_dirs=tuple(_path(base, p) for p in data.get("validation", {}).get("schema_dirs", [])),
         apprec_version=str(data.get("receipts", {}).get("apprec_version", "1.0")),
+        event_loop=event_loop,
         source=source,
         sections=data,
         base_dir=base,

@@ -23,6 +23,7 @@ from api_helpers import (
     TOKENS,
     Client,
     Issuer,
+    digest,
     document,
     gateway_config,
     headers,
@@ -362,3 +363,14 @@ async def test_static_tokens_are_kept_only_as_digests(tmp_path):
 
     settings = parse_api_settings(config)
     assert all(TOKENS["asker"].encode() not in c.token_sha256 for c in settings.clients)
+
+
+def test_two_clients_with_one_token_are_refused(tmp_path):
+    from gateway.api.settings import parse_api_settings
+    from gateway.config import ConfigError
+
+    twin = {"name": "twin", "token_sha256": digest(TOKENS["asker"]), "her_ids": [ASKER]}
+    config = gateway_config(tmp_path)
+    config.sections["api"]["clients"].append(twin)
+    with pytest.raises(ConfigError, match="the same token as 'asker'"):
+        parse_api_settings(config)

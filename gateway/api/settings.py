@@ -90,7 +90,7 @@ def parse_api_settings(config: Config) -> ApiSettings:
     base = config.base_dir
     default_rate = float(section.get("default_rate", 20))
     clients = []
-    names = set()
+    names, digests = set(), {}
     for index, spec in enumerate(section.get("clients", [])):
         where = f"[[api.clients]] #{index + 1}"
         name = str(spec.get("name") or "").strip()
@@ -102,6 +102,10 @@ def parse_api_settings(config: Config) -> ApiSettings:
         digest = str(spec.get("token_sha256") or "").strip().lower()
         if not _SHA256.match(digest):
             raise ConfigError(f"{where} ({name}): token_sha256 must be 64 hex digits (sha256 of the token)")
+        if digest in digests:
+            # One token, two identities: which HER-ids it may act for would depend on file order.
+            raise ConfigError(f"{where} ({name}): the same token as {digests[digest]!r}; give each its own")
+        digests[digest] = name
         rate, burst = _rate(spec, where, default_rate, None)
         clients.append(
             StaticClient(name, bytes.fromhex(digest), _her_ids(spec.get("her_ids"), where), rate, burst)

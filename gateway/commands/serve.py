@@ -45,8 +45,22 @@ def cmd_serve(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from gateway.service import serve
 
-    asyncio.run(serve(config))
+    run_loop(serve(config), config.event_loop)
     return 0
+
+
+def run_loop(coro, kind: str):
+    """Run the service on the configured event loop; without uvloop installed, on asyncio's own."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logging.getLogger("komut").warning(
+                "event_loop = uvloop, but uvloop is not installed (pip install uvloop): using asyncio's loop"
+            )
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 def parse_since(value: str | None, now: float) -> float | None:
