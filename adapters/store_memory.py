@@ -358,6 +358,13 @@ class MemoryStore:
         self._check_open()
         return [self._event_out(e) for e in self._events.get(message_id, [])]
 
+    async def has_event(self, message_id: int, kind: str, delivery_id: int | None = None) -> bool:
+        self._check_open()
+        return any(
+            e.kind == kind and (delivery_id is None or e.delivery_id == delivery_id)
+            for e in self._events.get(message_id, [])
+        )
+
     async def due(
         self, now: float, states: Sequence[DeliveryState], field_name: str, limit: int
     ) -> list[DeliveryRecord]:

@@ -365,6 +365,10 @@ SQL_MESSAGES_BY_IDS = SQL_SELECT_MESSAGE + " WHERE id = ANY($1::bigint[]) ORDER 
 SQL_SELECT_DELIVERY = f"SELECT id, {_D} FROM deliveries"
 SQL_DELIVERIES_OF = SQL_SELECT_DELIVERY + " WHERE message_id = $1 ORDER BY id"
 SQL_EVENTS_OF = f"SELECT id, {_E} FROM events WHERE message_id = $1 ORDER BY id"
+SQL_HAS_EVENT = (
+    "SELECT 1 FROM events WHERE message_id = $1 AND kind = $2"
+    " AND ($3::bigint IS NULL OR delivery_id = $3) LIMIT 1"
+)
 # {field} comes from TIME_FIELDS only.
 SQL_DUE = (
     SQL_SELECT_DELIVERY + " WHERE state = ANY($1::text[]) AND {field} <= $2 ORDER BY {field}, id LIMIT $3"
@@ -980,6 +984,10 @@ class PostgresStore:
     async def events(self, message_id: int) -> list[Event]:
         rows = await self._pool_or_fail().fetch(SQL_EVENTS_OF, message_id)
         return [_event(row) for row in rows]
+
+    @_translated
+    async def has_event(self, message_id: int, kind: str, delivery_id: int | None = None) -> bool:
+        return await self._pool_or_fail().fetchval(SQL_HAS_EVENT, message_id, kind, delivery_id) is not None
 
     @_translated
     async def due(

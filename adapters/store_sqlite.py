@@ -316,6 +316,8 @@ SQL_SELECT_DELIVERY = f"SELECT id, {_D} FROM deliveries"
 SQL_DELIVERIES_OF = SQL_SELECT_DELIVERY + " WHERE message_id = ? ORDER BY id"
 SQL_DELIVERY_BY_ID = SQL_SELECT_DELIVERY + " WHERE id = ?"
 SQL_EVENTS_OF = f"SELECT id, {_E} FROM events WHERE message_id = ? ORDER BY id"
+SQL_HAS_EVENT = "SELECT 1 FROM events WHERE message_id = ? AND kind = ? LIMIT 1"
+SQL_HAS_DELIVERY_EVENT = "SELECT 1 FROM events WHERE message_id = ? AND kind = ? AND delivery_id = ? LIMIT 1"
 SQL_DUE = SQL_SELECT_DELIVERY + " WHERE state IN ({marks}) AND {field} <= ? ORDER BY {field}, id LIMIT ?"
 SQL_COUNTS = "SELECT state, n FROM delivery_counts"
 
@@ -1115,6 +1117,13 @@ class SqliteStore:
     async def events(self, message_id: int) -> list[Event]:
         rows = await self._lookup(lambda conn: conn.execute(SQL_EVENTS_OF, (message_id,)).fetchall())
         return [_event(row) for row in rows]
+
+    async def has_event(self, message_id: int, kind: str, delivery_id: int | None = None) -> bool:
+        if delivery_id is None:
+            sql, params = SQL_HAS_EVENT, (message_id, kind)
+        else:
+            sql, params = SQL_HAS_DELIVERY_EVENT, (message_id, kind, delivery_id)
+        return await self._lookup(lambda conn: conn.execute(sql, params).fetchone()) is not None
 
     async def due(
         self, now: float, states: Sequence[DeliveryState], field_name: str, limit: int

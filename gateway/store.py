@@ -260,6 +260,11 @@ class Store(Protocol):
 
     async def events(self, message_id: int) -> list[Event]: ...
 
+    async def has_event(self, message_id: int, kind: str, delivery_id: int | None = None) -> bool:
+        """Whether the message (and that delivery, if given) has an event of this kind: one indexed
+        lookup where `events` decodes every event of the message (asked on every read receipt)."""
+        ...
+
     async def search(self, query: Query) -> list[MessageRecord]: ...
 
     async def due(

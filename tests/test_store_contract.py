@@ -411,6 +411,22 @@ async def test_a_change_may_add_deliveries_and_events_to_an_existing_message(sto
     assert (await store.events(base.message_id))[-1].delivery_id == applied.delivery_ids[0]
 
 
+async def test_has_event_asks_for_one_kind_of_event_of_a_message_or_one_delivery(store):
+    first = await store.apply(intake(message("m1"), [delivery(2002), delivery(3003, role="COP")]))
+    other = await submit(store, "m2")
+    one, two = first.delivery_ids
+    assert not await store.has_event(first.message_id, "read")
+    await store.apply(Change(events=[Event(NOW, "peer", "read", message_id=first.message_id, delivery_id=two)]))
+
+    assert await store.has_event(first.message_id, "read")
+    assert await store.has_event(first.message_id, "read", two)
+    assert not await store.has_event(first.message_id, "read", one)  # the other delivery's
+    assert not await store.has_event(other.message_id, "read")  # another message's
+    assert await store.has_event(first.message_id, "stored")  # an event of the message itself
+    assert not await store.has_event(first.message_id, "stored", one)
+    assert not await store.has_event(10**9, "read")  # no such message
+
+
 async def test_payload_can_be_replaced_or_dropped_by_message_fields(store):
     base = await submit(store, "m1")
     await store.apply(Change(message_id=base.message_id, message_fields={"payload": b"<new/>"}))

@@ -150,7 +150,7 @@ class Mailbox:
         async with self._lock(receiver_her):
             # A delivery resent after a crash (its first hand-over was not recorded) may have been
             # read meanwhile: it must not come back as unread.
-            if not new and self._was_read(await self.store.events(message.id), delivery_id):
+            if not new and await self.store.has_event(message.id, READ, delivery_id):
                 return
             message.payload = None
             self._unread.setdefault(receiver_her, {})[delivery_id] = Entry(message, delivery_id, receiver_her)
@@ -162,7 +162,7 @@ class Mailbox:
         # (an fsync); under the HER-id's lock, every read of a busy receiver waited for the one
         # before it, and the deliveries to it behind them.
         async with self._delivery_lock(delivery.id):
-            already = self._was_read(await self.store.events(message_id), delivery.id)
+            already = await self.store.has_event(message_id, READ, delivery.id)
             if not already:
                 await self.store.apply(
                     Change(
