@@ -416,7 +416,9 @@ async def test_has_event_asks_for_one_kind_of_event_of_a_message_or_one_delivery
     other = await submit(store, "m2")
     one, two = first.delivery_ids
     assert not await store.has_event(first.message_id, "read")
-    await store.apply(Change(events=[Event(NOW, "peer", "read", message_id=first.message_id, delivery_id=two)]))
+    await store.apply(
+        Change(events=[Event(NOW, "peer", "read", message_id=first.message_id, delivery_id=two)])
+    )
 
     assert await store.has_event(first.message_id, "read")
     assert await store.has_event(first.message_id, "read", two)
