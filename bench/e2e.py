@@ -876,6 +876,7 @@ def main() -> int:
     unknown = args.phases - {"one-hop", "folders", "round-trip"}
     if unknown:
         ap.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    # The load generator shares the machine with the gateways: the cheaper loop for it too.
     if args.keep:
         directory = Path(args.keep).resolve()
         if directory.exists():
@@ -883,7 +884,6 @@ def main() -> int:
         report = run_loop(bench(args, directory), "uvloop")
     else:
         with tempfile.TemporaryDirectory(prefix="komut-bench-") as tmp:
-            # The load generator shares the machine with the gateways: the cheaper loop for it too.
             report = run_loop(bench(args, Path(tmp)), "uvloop")
     if args.json:
         print(json.dumps(report, indent=2))
