@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 
 import pytest
 import uvloop
@@ -33,3 +35,11 @@ def test_asyncio_loop_on_request(tmp_path):
 def test_unknown_event_loop_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="event_loop must be one of uvloop, asyncio"):
         _config(tmp_path, event_loop="twisted")
+
+
+def test_without_uvloop_installed_the_service_runs_on_asyncio_and_says_so(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what `import uvloop` sees when it is missing
+    with caplog.at_level(logging.WARNING, logger="komut"):
+        loop_type = run_loop(_loop_type(), "uvloop")
+    assert not issubclass(loop_type, uvloop.Loop)
+    assert "uvloop is not installed" in caplog.text
